@@ -1,0 +1,29 @@
+# Two commands matter: `make run` (the offline default experiment) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+# Re-install only when the packaging metadata changes; the install is editable.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+run: install
+	$(PY) -m mucs_pipeline $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check mucs_pipeline tests scripts
+	$(VENV)/bin/ruff format --check mucs_pipeline tests scripts
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache

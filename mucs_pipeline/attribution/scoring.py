@@ -1,0 +1,74 @@
+"""The scoring engine shared by loss-based methods: a noise bank and batched loss matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from mucs_pipeline import rng
+from mucs_pipeline.data import ImageData
+from mucs_pipeline.models import EDM
+
+
+@dataclass
+class NoiseBank:
+    """The pairs N = {(sigma_j, n_j)}, shared by every training item and by F1 and F2."""
+
+    sigma: torch.Tensor  # (|N|,)
+    noise: torch.Tensor  # (|N|, C, H, W)
+
+
+def noise_bank(
+    diffusion: EDM, shape: tuple[int, ...], num_noises: int, fraction: float, seed: int
+) -> NoiseBank:
+    """Sigmas: the first |N| of floor(|N|/fraction) generation-schedule levels (descending).
+
+    Noises: drawn once from the training noise distribution (standard normal).
+    """
+    total = int(num_noises / fraction)  # floor(100 / 0.7) = 142
+    sigma = diffusion.schedule(total)[:num_noises].float()
+    noise = torch.randn((num_noises, *shape), generator=rng.generator("noise-bank", seed))
+    return NoiseBank(sigma=sigma, noise=noise)
+
+
+@torch.inference_mode()
+def loss_matrix(
+    net: torch.nn.Module,
+    diffusion: EDM,
+    data: ImageData,
+    bank: NoiseBank,
+    batch_pairs: int,
+    device: torch.device,
+    desc: str = "score",
+) -> torch.Tensor:
+    """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|).
+
+    The (item, pair) grid is flattened into batches of about `batch_pairs` forwards.
+    """
+    net = net.to(device).eval()
+    n_pairs = len(bank.sigma)
+    per = max(1, batch_pairs // n_pairs)  # training items per forward batch
+    sigma, noise = bank.sigma.to(device), bank.noise.to(device)
+    out = torch.empty(len(data), n_pairs)
+    for start in tqdm(range(0, len(data), per), desc=desc, leave=False):
+        x = data.x[start : start + per].to(device)
+        b = x.shape[0]
+        cond = None
+        if data.cond is not None:
+            cond = data.cond[start : start + b].to(device).repeat_interleave(n_pairs, 0)
+        losses = diffusion.loss(
+            net,
+            x.repeat_interleave(n_pairs, 0),
+            cond,
+            sigma.repeat(b),
+            noise.repeat(b, 1, 1, 1),
+        )
+        out[start : start + b] = losses.view(b, n_pairs).float().cpu()
+    return out
+
+
+def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (|Z|, |N|) -> (|Z|,)."""
+    return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=1)

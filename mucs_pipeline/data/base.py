@@ -1,0 +1,64 @@
+"""The dataset record every stage uses, and the registry that builds it from config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+
+@dataclass
+class ImageData:
+    """A training set held in memory: x in [-1, 1], (N, C, H, W); cond (N, D) or None."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None  # (N,) class ids, when the data has classes
+    cond: torch.Tensor | None  # (N, D) condition vectors fed to the network
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def conditional(self) -> bool:
+        return self.cond is not None
+
+    @property
+    def cond_dim(self) -> int:
+        return 0 if self.cond is None else self.cond.shape[1]
+
+    def condition_for_label(self, label: int) -> torch.Tensor:
+        """The condition vector of a class id (one-hot)."""
+        return one_hot(torch.tensor([label]), self.cond_dim)[0]
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+
+
+def take_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
+    """A fixed random subset, the same for every run seed (it depends on `seed` only)."""
+    if size is None or size >= len(data):
+        return data
+    if size <= 0:
+        raise ValueError(f"dataset.subset={size}: expected a positive size or null")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
+    idx = idx.sort().values
+    return ImageData(
+        x=data.x[idx],
+        labels=None if data.labels is None else data.labels[idx],
+        cond=None if data.cond is None else data.cond[idx],
+        class_names=data.class_names,
+    )
+
+
+def build_dataset(cfg: DictConfig) -> ImageData:
+    """Build the training set named by `cfg.name` (dataset group)."""
+    from mucs_pipeline.data import digits, folder
+
+    builders = {"digits": digits.load, "folder": folder.load}
+    if cfg.name not in builders:
+        raise ValueError(f"dataset.name={cfg.name!r}: expected one of {sorted(builders)}")
+    data = builders[cfg.name](cfg)
+    return take_subset(data, cfg.get("subset"), cfg.get("subset_seed", 0))

@@ -1,0 +1,1 @@
+"""Similarity metrics, statistics and reports of the leave-k-out evaluation."""

@@ -1,0 +1,62 @@
+"""Generated items: seeds, conditions, and sampling with one RNG per seed."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mucs_pipeline.data import ImageData
+from mucs_pipeline.models import EDM
+
+
+def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
+    """Seeds and conditions of the m attributed items and the control items of run `cfg.seed`.
+
+    Conditional items cycle through the classes so that every class is represented.
+    """
+    m, n_ctrl = cfg.generate.num_items, cfg.generate.num_controls
+    base = cfg.seed * 100_000
+    plan = {}
+    for subset, offset, count in (("target", 0, m), ("control", m, n_ctrl)):
+        seeds = torch.arange(base + offset, base + offset + count)
+        if data.conditional:
+            labels = torch.arange(offset, offset + count) % data.cond_dim
+            cond = (
+                torch.stack([data.condition_for_label(int(c)) for c in labels]) if count else None
+            )
+        else:
+            labels, cond = None, None
+        plan[subset] = {"seeds": seeds, "labels": labels, "cond": cond}
+    return plan
+
+
+def latents_for(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Unit-variance starting noise, one generator per seed, so items do not depend on batching."""
+    return torch.stack(
+        [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+
+
+@torch.no_grad()
+def generate(
+    net: torch.nn.Module,
+    diffusion: EDM,
+    seeds: torch.Tensor,
+    cond: torch.Tensor | None,
+    shape: tuple[int, ...],
+    cfg: DictConfig,
+    device: torch.device,
+    desc: str = "generate",
+) -> torch.Tensor:
+    """Sample one image per seed with the deterministic Heun sampler; (N, C, H, W) in [-1, 1]."""
+    net = net.to(device).eval()
+    out = []
+    chunks = range(0, len(seeds), cfg.batch_size)
+    for start in tqdm(chunks, desc=desc, disable=len(chunks) < 2, leave=False):
+        sl = slice(start, start + cfg.batch_size)
+        latents = latents_for(seeds[sl], shape).to(device)
+        c = None if cond is None else cond[sl].to(device)
+        x = diffusion.sample(net, latents, c, cfg.num_steps, cfg.cfg_weight)
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out) if out else torch.empty(0, *shape)

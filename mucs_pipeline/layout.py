@@ -1,0 +1,221 @@
+"""Run folders, dependency keys and manifests: what lets a rerun skip finished stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+STAGES = ["pretrain", "generate", "null_loss", "attribute", "retrain", "regenerate", "evaluate"]
+BASELINE = "random"  # the null attribution every method is compared against
+
+
+def config_hash(*parts: Any) -> str:
+    """A short hash of config subtrees and upstream keys."""
+    resolved = [
+        OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts
+    ]
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
+
+
+def code_version() -> str:
+    try:
+        pkg = version("mucs_pipeline")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"{pkg}+{rev}" if rev else pkg
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file and os.replace, so a killed job leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Any:
+    """Load an artifact written by this pipeline (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Layout:
+    """Where each stage's artifacts live: runs/<name>/seed<seed>/<stage>/[<method>-]<key>/.
+
+    A key hashes exactly what the stage depends on, so a run with another method reuses
+    the pretrained model, the generations and the random-removal retrain.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.paths.runs_dir) / cfg.name / f"seed{cfg.seed}"
+        self.methods = list(dict.fromkeys([cfg.method.name, BASELINE]))
+        model = (cfg.dataset, cfg.model, cfg.diffusion, cfg.seed)
+        self.keys: dict[tuple[str, str | None], str] = {}
+        self.keys["pretrain", None] = config_hash(*model, cfg.pretrain)
+        self.keys["generate", None] = config_hash(self.keys["pretrain", None], cfg.generate)
+        self.keys["null_loss", None] = config_hash(*model, cfg.null_loss)
+
+    def experiment_key(self) -> str:
+        """What makes runs of different seeds comparable and poolable: the config minus the seed."""
+        c = self.cfg
+        return config_hash(
+            c.name,
+            c.dataset,
+            c.model,
+            c.diffusion,
+            c.pretrain,
+            c.generate,
+            c.null_loss,
+            c.method,
+            c.retrain,
+            c.evaluate,
+            c.metric,
+        )
+
+    def method_cfg(self, method: str) -> DictConfig:
+        """The config of `method`: the selected one, or the random baseline's defaults."""
+        if method == self.cfg.method.name:
+            return self.cfg.method
+        return OmegaConf.create({"name": method})
+
+    def key(self, stage: str, method: str | None = None) -> str:
+        if (stage, method) in self.keys:
+            return self.keys[stage, method]
+        cfg = self.cfg
+        if stage == "attribute":
+            k = config_hash(
+                self.key("generate"), self.key("null_loss"), self.method_cfg(method), cfg.pretrain
+            )
+        elif stage == "retrain":
+            k = config_hash(
+                self.key("attribute", method),
+                self.key("pretrain"),
+                cfg.evaluate.k_fraction,
+                cfg.retrain,
+            )
+        elif stage == "regenerate":
+            k = config_hash(self.key("retrain", method), self.key("generate"))
+        elif stage == "evaluate":
+            k = config_hash(
+                [self.key("regenerate", m) for m in self.methods], cfg.metric, cfg.evaluate
+            )
+        else:
+            raise KeyError(stage)
+        self.keys[stage, method] = k
+        return k
+
+    def dir(self, stage: str, method: str | None = None) -> Path:
+        per_method = stage in ("attribute", "retrain", "regenerate")
+        name = f"{method}-{self.key(stage, method)}" if per_method else self.key(stage, method)
+        if stage == "evaluate":
+            name = f"{self.cfg.method.name}-{name}"
+        return self.root / stage / name
+
+    def manifest(self, stage: str, method: str | None = None) -> dict | None:
+        path = self.dir(stage, method) / "manifest.json"
+        if not path.exists():
+            return None
+        manifest = json.loads(path.read_text())
+        if manifest.get("key") != self.key(stage, method):
+            return None
+        d = path.parent
+        if not all((d / name).exists() for name in manifest.get("outputs", {})):
+            return None
+        return manifest
+
+    def require(self, stage: str, method: str | None = None) -> Path:
+        """The folder of a finished upstream stage, or an error saying what to run."""
+        if self.manifest(stage, method) is None:
+            what = f"{stage} ({method})" if method else stage
+            raise FileNotFoundError(
+                f"stage {what} has no finished artifact at {self.dir(stage, method)}; "
+                f"run it first, e.g. stages=[{stage}] or the full pipeline"
+            )
+        return self.dir(stage, method)
+
+    def run_unit(
+        self,
+        stage: str,
+        method: str | None,
+        work: Callable[[Path], dict],
+    ) -> dict:
+        """Run `work(folder) -> metrics` unless a matching manifest exists; then write one."""
+        what = f"{stage}[{method}]" if method else stage
+        done = self.manifest(stage, method)
+        if done is not None and not self.cfg.force:
+            log.info("skip %s: finished at %s", what, self.dir(stage, method))
+            return done["metrics"]
+        folder = self.dir(stage, method)
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("run %s -> %s", what, folder)
+        start = time.time()
+        metrics = work(folder)
+        wall = time.time() - start
+        outputs = {
+            p.name: file_sha256(p)
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
+        }
+        manifest = {
+            "stage": stage,
+            "method": method,
+            "key": self.key(stage, method),
+            "inputs": self.upstream_keys(stage, method),
+            "code_version": code_version(),
+            "wall_time_s": round(wall, 3),
+            "outputs": outputs,
+            "metrics": metrics,
+        }
+        atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
+        log.info("done %s in %.1f s", what, wall)
+        return metrics
+
+    def upstream_keys(self, stage: str, method: str | None) -> dict[str, str]:
+        deps = {
+            "pretrain": [],
+            "generate": [("pretrain", None)],
+            "null_loss": [],
+            "attribute": [("generate", None), ("null_loss", None)],
+            "retrain": [("attribute", method)],
+            "regenerate": [("retrain", method), ("generate", None)],
+            "evaluate": [("regenerate", m) for m in self.methods],
+        }[stage]
+        return {f"{s}[{m}]" if m else s: self.key(s, m) for s, m in deps}

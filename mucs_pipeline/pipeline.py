@@ -1,0 +1,40 @@
+"""Run the configured stages in order; each skips itself when its manifest matches."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import torch
+from omegaconf import DictConfig
+
+from mucs_pipeline.layout import STAGES, Layout
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages={list(cfg.stages)}: unknown {unknown}, expected some of {STAGES}")
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    import lightning  # noqa: F401  (imported first: it sets its loggers to INFO on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    layout = Layout(cfg)
+    log.info("run folder %s (methods: %s)", layout.root, ", ".join(layout.methods))
+    metrics = {}
+    for stage in STAGES:
+        if stage in cfg.stages:
+            module = importlib.import_module(f"mucs_pipeline.stages.{stage}")
+            metrics[stage] = module.run(cfg, layout)
+    if "evaluate" in cfg.stages:
+        from mucs_pipeline.stages.evaluate import read_results
+
+        print(
+            f"\nLeave-k-out results, {cfg.method.name} vs random removal "
+            f"({layout.dir('evaluate')}/results.csv):\n{read_results(layout)}"
+        )
+    return metrics

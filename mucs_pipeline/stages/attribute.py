@@ -1,0 +1,65 @@
+"""Attribute every generated item with the selected method and with random attribution."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.stages import common, null_loss
+
+log = logging.getLogger(__name__)
+
+
+def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
+    data = common.dataset(cfg)
+    items = io.load(layout.require("generate") / "items.pt")["target"]
+    ctx = Context(
+        cfg=cfg,
+        data=data,
+        diffusion=common.diffusion(cfg),
+        net=common.load_net(cfg, data, layout.require("pretrain") / "ema.pt"),
+        loss_null=null_loss.read(layout),
+        device=common.device(cfg),
+        cache_dir=layout.root / "cache" / layout.key("pretrain"),
+    )
+    scorer = build_method(layout.method_cfg(method), ctx)
+    parts = folder / "items"
+    parts.mkdir(exist_ok=True)
+    m = len(items["seeds"])
+    for i in tqdm(range(m), desc=f"attribute {method}"):
+        part = parts / f"item{i:04d}.pt"
+        if part.exists():  # finished before a kill: not redone
+            continue
+        c_hat = None if items["cond"] is None else items["cond"][i : i + 1]
+        start = time.perf_counter()
+        scores, info = scorer.score(i, items["images"][i], c_hat)
+        seconds = time.perf_counter() - start
+        io.atomic_save({"scores": scores.float(), "seconds": seconds, **info}, part)
+    results = [io.load(parts / f"item{i:04d}.pt") for i in range(m)]
+    out = {
+        "scores": torch.stack([r["scores"] for r in results]),  # (m, |Z|)
+        "seconds": torch.tensor([r["seconds"] for r in results]),  # (m,) per-item wall time
+    }
+    if "steps" in results[0]:
+        out["steps"] = torch.tensor([r["steps"] for r in results])
+        out["hit_max_steps"] = torch.tensor([r["hit_max_steps"] for r in results])
+        out["trajectories"] = [r["trajectory"] for r in results]
+    io.atomic_save(out, folder / "scores.pt")
+    metrics = {"seconds_per_item": out["seconds"].mean().item()}
+    if "steps" in out:
+        metrics["unlearn_steps_mean"] = out["steps"].float().mean().item()
+        metrics["hit_max_steps"] = int(out["hit_max_steps"].sum())
+    return metrics
+
+
+def run(cfg: DictConfig, layout: io.Layout) -> dict:
+    return {
+        m: layout.run_unit("attribute", m, lambda folder, m=m: attribute(cfg, layout, m, folder))
+        for m in layout.methods
+    }

@@ -1,0 +1,38 @@
+"""Loading what several stages share: the data, the diffusion variant, trained networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.data import ImageData, build_dataset
+from mucs_pipeline.models import EDM, build_diffusion
+from mucs_pipeline.training import init_model
+
+_DATASETS: dict[str, ImageData] = {}
+
+
+def dataset(cfg: DictConfig) -> ImageData:
+    """The training set, built once per process and dataset config."""
+    key = io.config_hash(cfg.dataset)
+    if key not in _DATASETS:
+        _DATASETS[key] = build_dataset(cfg.dataset)
+    return _DATASETS[key]
+
+
+def diffusion(cfg: DictConfig) -> EDM:
+    return build_diffusion(cfg.diffusion)
+
+
+def device(cfg: DictConfig) -> torch.device:
+    return torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+
+
+def load_net(cfg: DictConfig, data: ImageData, path: Path) -> torch.nn.Module:
+    """A network of the configured architecture with the weights saved at `path`."""
+    net = init_model(cfg, data, cfg.seed)
+    net.load_state_dict(io.load(path))
+    return net.eval()

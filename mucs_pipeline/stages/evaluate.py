@@ -1,0 +1,132 @@
+"""Compare original and regenerated items: similarities, AUC and U test against random removal."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.evaluation.figures import save_grid
+from mucs_pipeline.evaluation.metrics import similarities
+from mucs_pipeline.evaluation.stats import compare
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "method",
+    "metric",
+    "subset",
+    "auc",
+    "p_value",
+    "n_items",
+    "significant",
+    "mean_similarity",
+    "mean_similarity_random",
+]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def result_rows(
+    method: str, sims: dict[str, dict[str, dict]], metric_names: list[str], alpha: float
+) -> list[dict]:
+    """One row per (metric, subset) from {subset: {method or random: {metric: (N,)}}}."""
+    rows = []
+    for subset, by_method in sims.items():
+        for metric in metric_names:
+            s_m = by_method[method][metric].numpy()
+            s_r = by_method[io.BASELINE][metric].numpy()
+            auc, p = compare(s_m, s_r)
+            rows.append(
+                {
+                    "method": method,
+                    "metric": metric,
+                    "subset": subset,
+                    "auc": auc,
+                    "p_value": p,
+                    "n_items": len(s_m),
+                    "significant": p < alpha,
+                    "mean_similarity": float(s_m.mean()),
+                    "mean_similarity_random": float(s_r.mean()),
+                }
+            )
+    return rows
+
+
+def write_tables(rows: list[dict], folder: Path) -> str:
+    """results.csv and results.md in `folder`; returns the Markdown table."""
+    tmp = folder / ".results.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(folder / "results.csv")
+    table = markdown_table(rows)
+    io.atomic_write_text(folder / "results.md", table)
+    return table
+
+
+def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
+    original = io.load(layout.require("generate") / "items.pt")
+    regen = {m: io.load(layout.require("regenerate", m) / "items.pt") for m in layout.methods}
+    sims = {}
+    for subset in ("target", "control"):
+        ref = original[subset]["images"]
+        if len(ref):
+            sims[subset] = {
+                m: similarities(ref, regen[m][subset]["images"], cfg.metric) for m in layout.methods
+            }
+            io.atomic_save(sims[subset], folder / f"similarities_{subset}.pt")
+    rows = result_rows(cfg.method.name, sims, list(cfg.metric.names), cfg.evaluate.alpha)
+    write_tables(rows, folder)
+    run_info = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "method": cfg.method.name,
+        "experiment_key": layout.experiment_key(),
+    }
+    io.atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2))
+    grid = [original["target"]["images"]] + [regen[m]["target"]["images"] for m in layout.methods]
+    save_grid(grid, folder / "regenerations.png")
+    log_wandb(cfg, rows, folder)
+    return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
+
+
+def log_wandb(cfg: DictConfig, rows: list[dict], folder: Path) -> None:
+    """One W&B run for the evaluate stage, offline unless configured otherwise."""
+    if cfg.logger.name != "wandb":
+        return
+    import wandb
+
+    run = wandb.init(
+        project=cfg.logger.project,
+        group=cfg.name,
+        job_type="evaluate",
+        name=f"{cfg.name}-seed{cfg.seed}-{cfg.method.name}",
+        mode=cfg.logger.mode,
+        dir=str(folder),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        reinit="finish_previous",
+    )
+    run.log({f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")})
+    run.log({"results": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])})
+    run.log({"regenerations": wandb.Image(str(folder / "regenerations.png"))})
+    run.finish()
+
+
+def run(cfg: DictConfig, layout: io.Layout) -> dict:
+    return layout.run_unit("evaluate", None, lambda folder: evaluate(cfg, layout, folder))
+
+
+def read_results(layout: io.Layout) -> str:
+    return (layout.require("evaluate") / "results.md").read_text()

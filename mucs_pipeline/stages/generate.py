@@ -1,0 +1,44 @@
+"""Generate the m attributed items and the control items from their seeds with F1."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.evaluation.figures import save_grid
+from mucs_pipeline.generation import generate, item_plan
+from mucs_pipeline.stages import common
+
+
+def generate_items(cfg: DictConfig, net, data) -> dict:
+    """Images of every planned item (targets and controls) from `net`."""
+    shape = tuple(data.x.shape[1:])
+    out = {}
+    for subset, plan in item_plan(cfg, data).items():
+        images = generate(
+            net,
+            common.diffusion(cfg),
+            plan["seeds"],
+            plan["cond"],
+            shape,
+            cfg.generate,
+            common.device(cfg),
+            desc=f"generate {subset}",
+        )
+        out[subset] = {**plan, "images": images}
+    return out
+
+
+def run(cfg: DictConfig, layout: io.Layout) -> dict:
+    def work(folder):
+        data = common.dataset(cfg)
+        net = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")
+        items = generate_items(cfg, net, data)
+        io.atomic_save(items, folder / "items.pt")
+        save_grid([items["target"]["images"]], folder / "items.png")
+        return {
+            "num_items": len(items["target"]["seeds"]),
+            "num_controls": len(items["control"]["seeds"]),
+        }
+
+    return layout.run_unit("generate", None, work)

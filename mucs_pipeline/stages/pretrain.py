@@ -1,0 +1,23 @@
+"""Pretrain F1 (resumable Lightning checkpoint; the EMA weights are F1)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.stages import common
+from mucs_pipeline.training import train
+
+
+def run(cfg: DictConfig, layout: io.Layout) -> dict:
+    def work(folder):
+        data = common.dataset(cfg)
+        net = train(cfg, data, common.diffusion(cfg), folder, cfg.pretrain.steps)
+        io.atomic_save(net.state_dict(), folder / "ema.pt")
+        return {
+            "steps": cfg.pretrain.steps,
+            "num_params": sum(p.numel() for p in net.parameters()),
+            "train_items": len(data),
+        }
+
+    return layout.run_unit("pretrain", None, work)

@@ -1,0 +1,56 @@
+"""Retrain from scratch without the union of the m top-k sets, once per method (and random)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.data import ImageData
+from mucs_pipeline.stages import common
+from mucs_pipeline.training import train
+
+
+def top_k(num_items: int, k_fraction: float) -> int:
+    return max(1, round(k_fraction * num_items))
+
+
+def removal_set(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted union over generated items of each item's k highest-scored training items."""
+    return scores.topk(k, dim=1).indices.flatten().unique()
+
+
+def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
+    data = common.dataset(cfg)
+    scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
+    removed = removal_set(scores, top_k(len(data), cfg.evaluate.k_fraction))
+    if len(removed) >= len(data):
+        raise ValueError(
+            f"evaluate.k_fraction={cfg.evaluate.k_fraction} removes the whole training set; "
+            "lower it"
+        )
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[removed] = False
+    if cfg.retrain.common_random_numbers:
+        # Replay pretraining's random stream; removed items get zero loss weight.
+        net = train(
+            cfg, data, common.diffusion(cfg), folder, cfg.retrain.steps, weights=keep.float()
+        )
+    else:
+        subset = ImageData(
+            x=data.x[keep],
+            labels=None if data.labels is None else data.labels[keep],
+            cond=None if data.cond is None else data.cond[keep],
+            class_names=data.class_names,
+        )
+        net = train(cfg, subset, common.diffusion(cfg), folder, cfg.retrain.steps)
+    io.atomic_save(removed, folder / "removed.pt")
+    io.atomic_save(net.state_dict(), folder / "ema.pt")
+    return {"num_removed": len(removed), "fraction_removed": len(removed) / len(data)}
+
+
+def run(cfg: DictConfig, layout: io.Layout) -> dict:
+    return {
+        m: layout.run_unit("retrain", m, lambda folder, m=m: retrain(cfg, layout, m, folder))
+        for m in layout.methods
+    }

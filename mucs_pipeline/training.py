@@ -1,0 +1,199 @@
+"""Pretraining and retraining as one LightningModule, with common random numbers.
+
+Every random draw of step `s` (batch indices, sigmas, noises, condition drops) comes from
+the stream ("train", seed, s). A retrain with common random numbers replays exactly the
+pretraining stream from the same initialisation and gives the removed items zero loss
+weight, so that the removal is the only difference between F1 and the retrained model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, IterableDataset
+
+from mucs_pipeline import rng
+from mucs_pipeline.data import ImageData
+from mucs_pipeline.models import EDM, build_model
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; the message names the step and the last finite loss."""
+
+
+class Steps(IterableDataset):
+    """An endless stream of placeholders: each training step draws its own batch by step number."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+def init_model(cfg: DictConfig, data: ImageData, seed: int) -> torch.nn.Module:
+    """The network with the run's initialisation (PyTorch defaults under `seed`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.stream_seed("init", seed))
+        return build_model(cfg.model, data.x.shape[-1], data.x.shape[1], data.cond_dim)
+
+
+def draw_condition_drop(
+    cond: torch.Tensor | None, p: float, gen: torch.Generator
+) -> torch.Tensor | None:
+    """Replace a fraction p of the conditions by the null (zero) condition, for CFG."""
+    if cond is None or p <= 0:
+        return cond
+    keep = (torch.rand(cond.shape[0], generator=gen) >= p).float()
+    return cond * keep[:, None]
+
+
+class Batches:
+    """Epoch-wise shuffled batch indices of a training stream, by step number."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < batch_size:
+            batch_size = n
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.n, generator=rng.generator("epoch", self.seed, epoch))
+            self._epoch = epoch
+        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+
+class DiffusionTraining(L.LightningModule):
+    """Train F on a dataset with AdamW, linear warmup, EMA; `weights` zero out removed items."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        diffusion: EDM,
+        data: ImageData,
+        cfg: DictConfig,
+        seed: int,
+        weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.ema = AveragedModel(
+            net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+        self.diffusion, self.data, self.cfg, self.seed = diffusion, data, cfg, seed
+        self.weights = torch.ones(len(data)) if weights is None else weights.float()
+        self.batches = Batches(len(data), cfg.batch_size, seed)
+        self.last_finite = float("nan")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Steps(), batch_size=None)
+
+    def draw(self, step: int) -> tuple[torch.Tensor, ...]:
+        """Batch indices, sigmas, noises and the condition-drop generator of one step."""
+        idx = self.batches.indices(step)
+        gen = rng.generator("train", self.seed, step)
+        sigma = self.diffusion.training_sigma(len(idx), gen)
+        noise = torch.randn((len(idx), *self.data.x.shape[1:]), generator=gen)
+        return idx, sigma, noise, gen
+
+    def training_step(self, _batch: int, _batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        idx, sigma, noise, gen = self.draw(step)
+        cond = None if self.data.cond is None else self.data.cond[idx]
+        cond = draw_condition_drop(cond, self.cfg.cond_drop, gen)
+        dev = self.device
+        losses = self.diffusion.loss(
+            self.net,
+            self.data.x[idx].to(dev),
+            None if cond is None else cond.to(dev),
+            sigma.to(dev),
+            noise.to(dev),
+        )
+        w = self.weights[idx].to(dev)
+        loss = (losses * w).sum() / w.sum().clamp(min=1.0)  # normalised over kept items
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss {loss.item()} at step {step}; "
+                f"last finite loss {self.last_finite:.4f}"
+            )
+        self.last_finite = loss.item()
+        self.log("train/loss", loss, prog_bar=True, on_step=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: checkpoint callbacks run before that hook,
+        # and a resumed run must restore an EMA that has seen every finished step.
+        self.ema.update_parameters(self.net)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        warmup = max(1, self.cfg.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def make_trainer(cfg: DictConfig, folder: Path | None, max_steps: int, **kwargs) -> L.Trainer:
+    """A Lightning Trainer from the trainer group; checkpoints go to `folder`/checkpoints."""
+    callbacks = list(kwargs.pop("callbacks", []))
+    logger = False
+    if folder is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=folder / "checkpoints",
+                filename="last",
+                every_n_train_steps=cfg.pretrain.checkpoint_every,
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
+        logger = CSVLogger(folder, name="logs", version="")
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=folder is not None,
+        enable_model_summary=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        **kwargs,
+    )
+
+
+def train(
+    cfg: DictConfig,
+    data: ImageData,
+    diffusion: EDM,
+    folder: Path,
+    steps: int,
+    weights: torch.Tensor | None = None,
+) -> torch.nn.Module:
+    """Train `steps` updates from the run's init (resuming a checkpoint); return the EMA net."""
+    net = init_model(cfg, data, cfg.seed)
+    module = DiffusionTraining(net, diffusion, data, cfg.pretrain, cfg.seed, weights)
+    trainer = make_trainer(cfg, folder, steps)
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+    trainer.fit(module, ckpt_path=str(last) if last.exists() else None)
+    return copy.deepcopy(module.ema.module).cpu().eval()

@@ -1,0 +1,59 @@
+"""Shared fixtures: configs composed from the real conf/ tree with micro overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+# A run small enough for a test: a few optimizer steps, two items, a small noise bank.
+MICRO = [
+    "logger=csv",
+    "dataset.subset=120",
+    "model.hidden=32",
+    "model.depth=2",
+    "model.heads=2",
+    "model.conv_channels=[8,8]",
+    "pretrain.steps=12",
+    "pretrain.checkpoint_every=5",
+    "generate.num_items=2",
+    "generate.num_controls=2",
+    "generate.num_steps=6",
+    "method.max_steps=3",
+    "method.num_noises=10",
+    "method.batch_size=20",
+    "method.ga_draws=20",
+    "null_loss.num_batches=2",
+    "trainer.progress_bar=false",
+    "evaluate.k_fraction=0.05",
+]
+
+
+def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The real config with micro settings, writing under tmp_path."""
+    micro = MICRO
+    for group in ("method", "model"):  # choosing a group drops the micro settings of its keys
+        if any(o.startswith(f"{group}=") for o in overrides):
+            micro = [o for o in micro if not o.startswith(f"{group}.")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*micro, f"paths.runs_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+
+def perturb(net: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Move the zero-initialised (adaLN-Zero) layers off zero so the output depends on the input."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return net

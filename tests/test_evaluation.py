@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy.stats import mannwhitneyu
+
+from mucs_pipeline.evaluation.metrics import similarities, ssim_window
+from mucs_pipeline.evaluation.stats import compare
+
+METRIC = OmegaConf.create({"names": ["ssim", "neg_mse"], "ssim_kernel": 7, "ssim_sigma": 1.5})
+
+
+@pytest.mark.parametrize("resolution", [8, 32])
+def test_metrics_are_maximal_for_identical_images_and_fall_with_noise(resolution):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, resolution, resolution, generator=gen) * 2 - 1
+    same = similarities(x, x, METRIC)
+    assert torch.allclose(same["ssim"], torch.ones(6), atol=1e-5)
+    assert torch.equal(same["neg_mse"], torch.zeros(6))
+    previous = {k: v.mean() for k, v in same.items()}
+    for level in (0.1, 0.3, 0.6):
+        noisy = (x + level * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+        sims = similarities(x, noisy, METRIC)
+        for name, value in sims.items():
+            assert value.mean() < previous[name]
+            previous[name] = value.mean()
+
+
+def test_ssim_window_shrinks_on_small_images():
+    assert ssim_window(32, 7, 1.5) == (7, 1.5)
+    assert ssim_window(8, 7, 1.5)[0] == 3
+
+
+def test_metrics_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="equal shape"):
+        similarities(torch.zeros(2, 1, 8, 8), torch.zeros(3, 1, 8, 8), METRIC)
+
+
+def test_auc_and_u_test_match_by_hand():
+    method = np.array([0.1, 0.2, 0.3, 0.9])
+    random = np.array([0.5, 0.6, 0.7, 0.8])
+    auc, p = compare(method, random)
+    # Pairs where the method's similarity is lower than random's: 3 items x 4 + 0 = 12 of 16.
+    assert auc == pytest.approx(12 / 16)
+    assert p == pytest.approx(mannwhitneyu(random, method, alternative="greater").pvalue)
+    assert compare(random, method)[0] == pytest.approx(4 / 16)
+    assert compare(method, method)[0] == pytest.approx(0.5)

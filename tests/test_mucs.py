@@ -1,0 +1,122 @@
+"""MUCS unlearning and attribution on a briefly trained micro model."""
+
+import pytest
+import torch
+from conftest import make_cfg
+
+from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.attribution.unlearn import select_parameters, unlearn
+from mucs_pipeline.data import build_dataset
+from mucs_pipeline.models import EDM
+from mucs_pipeline.stages.null_loss import estimate_loss_null
+from mucs_pipeline.training import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mucs")
+    # The default tiny DiT, trained long enough to tell individual digits apart.
+    cfg = make_cfg(
+        tmp,
+        "dataset.subset=200",
+        "pretrain.steps=400",
+        "model=dit_tiny",
+        "pretrain.ema_decay=0.99",  # an EMA horizon that fits 400 steps
+        "method.num_noises=20",
+        "method.max_steps=150",
+    )
+    data, edm = build_dataset(cfg.dataset), EDM()
+    net = train(cfg, data, edm, tmp / "pretrain", steps=cfg.pretrain.steps)
+    return cfg, data, edm, net, tmp
+
+
+def test_loss_null_reflects_data_energy(trained):
+    cfg, data, edm, _, _ = trained
+    loss_null = estimate_loss_null(cfg, data, edm)
+    # A fresh denoiser outputs about c_skip * x, so L_null tracks E[x^2] (digits: well above 1).
+    assert 1.2 < loss_null < 2.5
+
+
+def test_unlearning_updates_only_mlp_weights(trained):
+    cfg, data, edm, f1, _ = trained
+    before = {k: v.clone() for k, v in f1.state_dict().items()}
+    f2, info = unlearn(f1, data.x[0], data.cond[:1], data, edm, 1e6, cfg.method, cfg, stream=(0, 0))
+    assert {k: v for k, v in f1.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in f1.state_dict().items()), "F1 must stay intact"
+    mlp = set(select_parameters(f2, cfg.method.params))
+    assert any(n.startswith("cond_mlp") for n in mlp) and any(".mlp." in n for n in mlp)
+    params = dict(f2.named_parameters())
+    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    assert changed and changed <= mlp
+    assert all(torch.equal(b, before[n]) for n, b in f2.named_buffers() if n in before)
+    # L_null = 1e6 is never reached: the cap applies and is recorded.
+    assert info["steps"] == cfg.method.max_steps and info["hit_max_steps"]
+
+
+def test_unlearning_stops_by_the_rule(trained):
+    cfg, data, edm, f1, _ = trained
+    # With a tiny L_null the clamped L_GA equals it at once: one step, then stop.
+    _, info = unlearn(f1, data.x[0], data.cond[:1], data, edm, 1e-4, cfg.method, cfg, stream=(0, 1))
+    assert info["steps"] == 1 and not info["hit_max_steps"]
+    assert info["trajectory"].shape == (1, 2)
+
+
+def test_exact_copy_of_generated_item_ranks_in_top_1_percent(trained):
+    cfg, data, edm, f1, tmp = trained
+    loss_null = estimate_loss_null(cfg, data, edm)
+    ctx = Context(
+        cfg=cfg,
+        data=data,
+        diffusion=edm,
+        net=f1,
+        loss_null=loss_null,
+        device=torch.device("cpu"),
+        cache_dir=tmp / "cache",
+    )
+    method = build_method(cfg.method, ctx)
+    top = max(1, int(0.01 * len(data)))
+    for j in (17, 101):
+        scores, info = method.score(j, data.x[j], data.cond[j : j + 1])
+        assert scores.shape == (len(data),)
+        assert scores.min() >= -1 and scores.max() <= 1
+        rank = int((scores > scores[j]).sum())
+        assert rank < top, f"copy of item {j} ranked {rank}"
+
+
+def test_cached_f1_losses_equal_recomputed(trained):
+    cfg, data, edm, f1, tmp = trained
+    from mucs_pipeline.attribution.scoring import loss_matrix
+
+    ctx = Context(
+        cfg=cfg,
+        data=data,
+        diffusion=edm,
+        net=f1,
+        loss_null=1.7,
+        device=torch.device("cpu"),
+        cache_dir=tmp / "cache2",
+    )
+    first = build_method(cfg.method, ctx)
+    assert len(list((tmp / "cache2").glob("f1_losses-*.pt"))) == 1
+    second = build_method(cfg.method, ctx)  # reads the cache
+    fresh = loss_matrix(f1, edm, data, first.bank, 500, torch.device("cpu"))
+    assert torch.equal(second.loss_f1, first.loss_f1)
+    torch.testing.assert_close(second.loss_f1, fresh, atol=1e-5, rtol=1e-5)
+
+
+def test_random_scores_are_reproducible(trained):
+    cfg, data, edm, f1, tmp = trained
+    from omegaconf import OmegaConf
+
+    ctx = Context(
+        cfg=cfg,
+        data=data,
+        diffusion=edm,
+        net=f1,
+        loss_null=1.7,
+        device=torch.device("cpu"),
+        cache_dir=tmp / "cache3",
+    )
+    rnd = build_method(OmegaConf.create({"name": "random"}), ctx)
+    a, b = rnd.score(3, data.x[0], None)[0], rnd.score(3, data.x[0], None)[0]
+    assert torch.equal(a, b) and not torch.equal(a, rnd.score(4, data.x[0], None)[0])

@@ -1,0 +1,125 @@
+"""The whole pipeline on micro settings: artifacts, skipping, sharing between methods, CLI."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_cfg
+
+from mucs_pipeline import pipeline
+from mucs_pipeline.layout import STAGES, Layout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manifests(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = make_cfg(tmp)
+    pipeline.run(cfg)
+    return tmp, cfg
+
+
+def test_full_run_writes_every_artifact(finished):
+    tmp, cfg = finished
+    layout = Layout(cfg)
+    d = layout.dir
+    assert (d("pretrain") / "ema.pt").exists() and (
+        d("pretrain") / "checkpoints" / "last.ckpt"
+    ).exists()
+    items = torch.load(d("generate") / "items.pt", weights_only=True)
+    assert items["target"]["images"].shape == (2, 1, 8, 8) and len(items["control"]["seeds"]) == 2
+    assert (d("generate") / "items.png").exists()
+    assert float((d("null_loss") / "loss_null.txt").read_text()) > 0
+    for method in ("mucs", "random"):
+        scores = torch.load(d("attribute", method) / "scores.pt", weights_only=True)
+        assert scores["scores"].shape == (2, 120) and scores["scores"].dtype == torch.float32
+        assert scores["seconds"].shape == (2,)
+        removed = torch.load(d("retrain", method) / "removed.pt", weights_only=True)
+        assert 6 <= len(removed) <= 12  # k = 5% of 120 = 6 per item, union of 2
+        assert (d("retrain", method) / "ema.pt").exists()
+        assert (d("regenerate", method) / "items.pt").exists()
+    mucs_scores = torch.load(d("attribute", "mucs") / "scores.pt", weights_only=True)
+    assert mucs_scores["steps"].shape == (2,) and len(mucs_scores["trajectories"]) == 2
+    with open(d("evaluate") / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["method", "metric", "subset", "auc", "p_value", "n_items"]
+    assert {(r["metric"], r["subset"]) for r in rows} == {
+        (m, s) for m in ("ssim", "neg_mse") for s in ("target", "control")
+    }
+    assert all(0 <= float(r["auc"]) <= 1 and r["method"] == "mucs" for r in rows)
+    assert (d("evaluate") / "results.md").exists() and (
+        d("evaluate") / "regenerations.png"
+    ).exists()
+    for stage in STAGES:
+        for manifest in (layout.root / stage).glob("*/manifest.json"):
+            m = json.loads(manifest.read_text())
+            assert m["wall_time_s"] >= 0 and m["outputs"]
+
+
+def test_rerun_skips_finished_stages(finished):
+    tmp, cfg = finished
+    before = manifests(tmp)
+    pipeline.run(cfg)
+    assert manifests(tmp) == before
+
+
+def test_stage_subset_and_force(finished):
+    tmp, _ = finished
+    before = manifests(tmp)
+    pipeline.run(make_cfg(tmp, "stages=[evaluate]", "force=true"))
+    after = manifests(tmp)
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed and all(k.startswith("digits/seed0/evaluate/") for k in changed)
+
+
+def test_other_method_reuses_pretraining_generations_and_random_retrain(finished):
+    tmp, _ = finished
+    before = manifests(tmp)
+    pipeline.run(make_cfg(tmp, "method=pixel"))
+    after = manifests(tmp)
+    new = set(after) - set(before)
+    assert all(after[k] == before[k] for k in before)  # nothing recomputed
+    assert {Path(k).parts[2] for k in new} == {"attribute", "retrain", "regenerate", "evaluate"}
+    assert all("pixel" in k for k in new)
+
+
+def test_cli_help_and_cfg_job():
+    env_py = sys.executable
+    help_out = subprocess.run(
+        [env_py, "-m", "mucs_pipeline", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert help_out.returncode == 0 and "method" in help_out.stdout
+    job = subprocess.run(
+        [env_py, "-m", "mucs_pipeline", "+experiment=digits_pixel", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert job.returncode == 0 and "name: pixel" in job.stdout and "lam" not in job.stdout
+
+
+def test_report_pools_the_items_of_every_seed(finished):
+    from mucs_pipeline.report import report
+
+    tmp, _ = finished
+    pipeline.run(make_cfg(tmp, "seed=1"))
+    (out,) = [p for p in report(tmp) if "-mucs-" in p.name]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["n_items"] for r in rows} == {"4"}  # 2 seeds x 2 items, targets and controls
+    with open(Path(json.loads((out / "runs.json").read_text())[0]) / "results.csv") as f:
+        assert {r["n_items"] for r in csv.DictReader(f)} == {"2"}

@@ -55,6 +55,29 @@ def draw_condition_drop(
     return cond * keep[:, None]
 
 
+def training_losses(
+    net: torch.nn.Module,
+    diffusion: EDM,
+    data: ImageData,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+    cond_drop: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """Per-sample losses of training items `idx`; sigmas, noises and drops drawn from `gen`."""
+    sigma = diffusion.training_sigma(len(idx), gen)
+    noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
+    cond = None if data.cond is None else data.cond[idx]
+    cond = draw_condition_drop(cond, cond_drop, gen)
+    return diffusion.loss(
+        net,
+        data.x[idx].to(device),
+        None if cond is None else cond.to(device),
+        sigma.to(device),
+        noise.to(device),
+    )
+
+
 class Batches:
     """Epoch-wise shuffled batch indices of a training stream, by step number."""
 
@@ -98,26 +121,12 @@ class DiffusionTraining(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(Steps(), batch_size=None)
 
-    def draw(self, step: int) -> tuple[torch.Tensor, ...]:
-        """Batch indices, sigmas, noises and the condition-drop generator of one step."""
+    def training_step(self, _batch: int, _batch_idx: int) -> torch.Tensor:
+        step, dev = self.global_step, self.device
         idx = self.batches.indices(step)
         gen = rng.generator("train", self.seed, step)
-        sigma = self.diffusion.training_sigma(len(idx), gen)
-        noise = torch.randn((len(idx), *self.data.x.shape[1:]), generator=gen)
-        return idx, sigma, noise, gen
-
-    def training_step(self, _batch: int, _batch_idx: int) -> torch.Tensor:
-        step = self.global_step
-        idx, sigma, noise, gen = self.draw(step)
-        cond = None if self.data.cond is None else self.data.cond[idx]
-        cond = draw_condition_drop(cond, self.cfg.cond_drop, gen)
-        dev = self.device
-        losses = self.diffusion.loss(
-            self.net,
-            self.data.x[idx].to(dev),
-            None if cond is None else cond.to(dev),
-            sigma.to(dev),
-            noise.to(dev),
+        losses = training_losses(
+            self.net, self.diffusion, self.data, idx, gen, self.cfg.cond_drop, dev
         )
         w = self.weights[idx].to(dev)
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)  # normalised over kept items

@@ -12,6 +12,19 @@ from mucs_pipeline.stages.null_loss import estimate_loss_null
 from mucs_pipeline.training import train
 
 
+def context(trained, loss_null: float, cache_dir) -> Context:
+    cfg, data, edm, f1, _ = trained
+    return Context(
+        cfg=cfg,
+        data=data,
+        diffusion=edm,
+        net=f1,
+        loss_null=loss_null,
+        device=torch.device("cpu"),
+        cache_dir=cache_dir,
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mucs")
@@ -64,15 +77,7 @@ def test_unlearning_stops_by_the_rule(trained):
 def test_exact_copy_of_generated_item_ranks_in_top_1_percent(trained):
     cfg, data, edm, f1, tmp = trained
     loss_null = estimate_loss_null(cfg, data, edm)
-    ctx = Context(
-        cfg=cfg,
-        data=data,
-        diffusion=edm,
-        net=f1,
-        loss_null=loss_null,
-        device=torch.device("cpu"),
-        cache_dir=tmp / "cache",
-    )
+    ctx = context(trained, loss_null, tmp / "cache")
     method = build_method(cfg.method, ctx)
     top = max(1, int(0.01 * len(data)))
     for j in (17, 101):
@@ -87,15 +92,7 @@ def test_cached_f1_losses_equal_recomputed(trained):
     cfg, data, edm, f1, tmp = trained
     from mucs_pipeline.attribution.scoring import loss_matrix
 
-    ctx = Context(
-        cfg=cfg,
-        data=data,
-        diffusion=edm,
-        net=f1,
-        loss_null=1.7,
-        device=torch.device("cpu"),
-        cache_dir=tmp / "cache2",
-    )
+    ctx = context(trained, 1.7, tmp / "cache2")
     first = build_method(cfg.method, ctx)
     assert len(list((tmp / "cache2").glob("f1_losses-*.pt"))) == 1
     second = build_method(cfg.method, ctx)  # reads the cache
@@ -108,15 +105,7 @@ def test_random_scores_are_reproducible(trained):
     cfg, data, edm, f1, tmp = trained
     from omegaconf import OmegaConf
 
-    ctx = Context(
-        cfg=cfg,
-        data=data,
-        diffusion=edm,
-        net=f1,
-        loss_null=1.7,
-        device=torch.device("cpu"),
-        cache_dir=tmp / "cache3",
-    )
+    ctx = context(trained, 1.7, tmp / "cache3")
     rnd = build_method(OmegaConf.create({"name": "random"}), ctx)
     a, b = rnd.score(3, data.x[0], None)[0], rnd.score(3, data.x[0], None)[0]
     assert torch.equal(a, b) and not torch.equal(a, rnd.score(4, data.x[0], None)[0])

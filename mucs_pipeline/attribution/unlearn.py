@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import EDM
-from mucs_pipeline.training import NonFiniteLossError, Steps, draw_condition_drop, make_trainer
+from mucs_pipeline.training import NonFiniteLossError, Steps, make_trainer, training_losses
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,8 @@ class Unlearning(L.LightningModule):
         n, shape = len(self.data), self.data.x.shape[1:]
         b = min(self.cfg.batch_size, n)
         idx = torch.randperm(n, generator=gen)[:b]  # z uniformly without replacement
-        sigma = self.diffusion.training_sigma(b, gen)
-        noise = torch.randn((b, *shape), generator=gen)
-        cond = None if self.data.cond is None else self.data.cond[idx]
-        cond = draw_condition_drop(cond, self.train_cfg.cond_drop, gen)
-        loss_ft = self.diffusion.loss(
-            self.net,
-            self.data.x[idx].to(dev),
-            None if cond is None else cond.to(dev),
-            sigma.to(dev),
-            noise.to(dev),
+        loss_ft = training_losses(
+            self.net, self.diffusion, self.data, idx, gen, self.train_cfg.cond_drop, dev
         ).mean()
         g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
         sigma_g = self.diffusion.training_sigma(g, gen)

@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
@@ -213,19 +213,6 @@ class DiT(nn.Module):
 
 def build_model(cfg: DictConfig, resolution: int, channels: int, cond_dim: int) -> DiT:
     """The network named by the model group, sized for the dataset."""
-    return DiT(
-        resolution=resolution,
-        channels=channels,
-        cond_dim=cond_dim,
-        hidden=cfg.hidden,
-        depth=cfg.depth,
-        heads=cfg.heads,
-        mlp_ratio=cfg.mlp_ratio,
-        patch=cfg.patch,
-        registers=cfg.registers,
-        conv_channels=tuple(cfg.conv_channels),
-        conv_strides=tuple(cfg.conv_strides),
-        cond_width=cfg.cond_width,
-        sigma_dim=cfg.sigma_dim,
-        dropout=cfg.dropout,
-    )
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("name")
+    return DiT(resolution=resolution, channels=channels, cond_dim=cond_dim, **kwargs)

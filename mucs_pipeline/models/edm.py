@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
@@ -105,11 +105,6 @@ def build_diffusion(cfg: DictConfig) -> EDM:
     """The diffusion variant named by the diffusion group."""
     if cfg.name != "edm":
         raise ValueError(f"diffusion.name={cfg.name!r}: expected 'edm'")
-    return EDM(
-        sigma_data=cfg.sigma_data,
-        P_mean=cfg.P_mean,
-        P_std=cfg.P_std,
-        sigma_min=cfg.sigma_min,
-        sigma_max=cfg.sigma_max,
-        rho=cfg.rho,
-    )
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    kwargs.pop("name")
+    return EDM(**kwargs)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.stages import common
-from mucs_pipeline.training import init_model
+from mucs_pipeline.training import init_model, training_losses
 
 
 @torch.inference_mode()
@@ -20,10 +20,9 @@ def estimate_loss_null(cfg: DictConfig, data, diffusion) -> float:
     for i in range(cfg.null_loss.num_batches):
         gen = rng.generator("null-loss", cfg.seed, i)
         idx = torch.randperm(len(data), generator=gen)[:b]
-        sigma = diffusion.training_sigma(b, gen)
-        noise = torch.randn((b, *data.x.shape[1:]), generator=gen)
-        cond = None if data.cond is None else data.cond[idx]
-        total += diffusion.loss(net, data.x[idx], cond, sigma, noise).sum().item()
+        total += (
+            training_losses(net, diffusion, data, idx, gen, 0.0, torch.device("cpu")).sum().item()
+        )
         count += b
     return total / count
 

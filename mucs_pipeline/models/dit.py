@@ -87,7 +87,7 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, c_dim: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads, dropout)
@@ -100,7 +100,7 @@ class DiTBlock(nn.Module):
             nn.Linear(hidden, dim),
         )
         self.drop = nn.Dropout(dropout)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c_dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
@@ -110,11 +110,11 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_per_token: int):
+    def __init__(self, dim: int, out_per_token: int, c_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, out_per_token)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c_dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
@@ -165,12 +165,14 @@ class DiT(nn.Module):
         self.patch_embed = nn.Conv2d(c_feat, hidden, patch, patch)
         self.register_buffer("pos_embed", sincos_pos_embed(hidden, self.grid), persistent=False)
         self.register_tokens = nn.Parameter(torch.randn(registers, hidden) * 0.02)
-        self.sigma_mlp = mlp2(sigma_dim, hidden, hidden, dropout)
-        self.cond_mlp = mlp2(cond_dim, cond_width, hidden, dropout) if cond_dim else None
+        # Sigma and condition embeddings sum into one conditioning vector of width cond_width,
+        # which every adaLN layer reads (Table 4's "conditioning block channels").
+        self.sigma_mlp = mlp2(sigma_dim, cond_width, cond_width, dropout)
+        self.cond_mlp = mlp2(cond_dim, cond_width, cond_width, dropout) if cond_dim else None
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth)
+            DiTBlock(hidden, heads, mlp_ratio, dropout, cond_width) for _ in range(depth)
         )
-        self.final = FinalLayer(hidden, patch * patch * c_feat)
+        self.final = FinalLayer(hidden, patch * patch * c_feat, cond_width)
         dec = list(reversed(conv_channels))
         dec_out = [*dec[1:], conv_channels[0]]
         self.decoder = nn.Sequential(
@@ -197,7 +199,7 @@ class DiT(nn.Module):
         tokens = self.patch_embed(h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
         regs = self.register_tokens[None].expand(n, -1, -1)  # (N, R, D)
         tokens = torch.cat([regs, tokens], dim=1)  # (N, R+T, D)
-        c = self.sigma_mlp(sigma_features(c_noise, self.sigma_dim))  # (N, D)
+        c = self.sigma_mlp(sigma_features(c_noise, self.sigma_dim))  # (N, Dc)
         if self.cond_mlp is not None:
             if cond is None:
                 cond = torch.zeros(n, self.cond_dim, device=x.device)  # the null condition

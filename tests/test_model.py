@@ -25,7 +25,7 @@ def test_dit_output_shape_and_zero_init(strides, resolution):
     # adaLN-Zero: every block starts as the identity.
     block = net.blocks[0]
     tokens = torch.randn(5, 20, 32)
-    assert torch.equal(block(tokens, torch.randn(5, 32)), tokens)
+    assert torch.equal(block(tokens, torch.randn(5, 16)), tokens)  # c has width cond_width
 
 
 def test_dit_rejects_incompatible_resolution():

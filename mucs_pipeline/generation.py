@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.models import EDM
+from mucs_pipeline.models import Diffusion
 
 
 def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
@@ -41,7 +41,7 @@ def latents_for(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 @torch.no_grad()
 def generate(
     net: torch.nn.Module,
-    diffusion: EDM,
+    diffusion: Diffusion,
     seeds: torch.Tensor,
     cond: torch.Tensor | None,
     shape: tuple[int, ...],

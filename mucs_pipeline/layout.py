@@ -122,7 +122,11 @@ class Layout:
         cfg = self.cfg
         if stage == "attribute":
             k = config_hash(
-                self.key("generate"), self.key("null_loss"), self.method_cfg(method), cfg.pretrain
+                self.key("generate"),
+                self.key("null_loss"),
+                self.method_cfg(method),
+                cfg.pretrain,
+                cfg.trainer.bf16_scoring,  # scoring precision changes the scores
             )
         elif stage == "retrain":
             k = config_hash(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.models import EDM, build_model
+from mucs_pipeline.models import Diffusion, build_model
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,26 @@ def draw_condition_drop(
 
 def training_losses(
     net: torch.nn.Module,
-    diffusion: EDM,
+    diffusion: Diffusion,
     data: ImageData,
     idx: torch.Tensor,
     gen: torch.Generator,
-    cond_drop: float,
     device: torch.device,
+    cond_drop: float = 0.0,
+    augment_p: float = 0.0,
 ) -> torch.Tensor:
-    """Per-sample losses of training items `idx`; sigmas, noises and drops drawn from `gen`."""
+    """Per-sample losses of items `idx`; sigmas, noises, drops and flips drawn from `gen`."""
     sigma = diffusion.training_sigma(len(idx), gen)
     noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
     cond = None if data.cond is None else data.cond[idx]
     cond = draw_condition_drop(cond, cond_drop, gen)
+    x = data.x[idx]
+    if augment_p > 0:  # drawn only when on, so that p = 0 leaves the random stream unchanged
+        flip = torch.rand(len(idx), generator=gen) < augment_p
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return diffusion.loss(
         net,
-        data.x[idx].to(device),
+        x.to(device),
         None if cond is None else cond.to(device),
         sigma.to(device),
         noise.to(device),
@@ -102,7 +107,7 @@ class DiffusionTraining(L.LightningModule):
     def __init__(
         self,
         net: torch.nn.Module,
-        diffusion: EDM,
+        diffusion: Diffusion,
         data: ImageData,
         cfg: DictConfig,
         seed: int,
@@ -126,7 +131,14 @@ class DiffusionTraining(L.LightningModule):
         idx = self.batches.indices(step)
         gen = rng.generator("train", self.seed, step)
         losses = training_losses(
-            self.net, self.diffusion, self.data, idx, gen, self.cfg.cond_drop, dev
+            self.net,
+            self.diffusion,
+            self.data,
+            idx,
+            gen,
+            dev,
+            self.cfg.cond_drop,
+            self.cfg.augment_p,
         )
         w = self.weights[idx].to(dev)
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)  # normalised over kept items
@@ -192,7 +204,7 @@ def make_trainer(cfg: DictConfig, folder: Path | None, max_steps: int, **kwargs)
 def train(
     cfg: DictConfig,
     data: ImageData,
-    diffusion: EDM,
+    diffusion: Diffusion,
     folder: Path,
     steps: int,
     weights: torch.Tensor | None = None,

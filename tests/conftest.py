@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -35,13 +37,20 @@ MICRO = [
 
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The real config with micro settings, writing under tmp_path."""
+    """The real config with micro settings, writing under tmp_path.
+
+    Micro settings of a group are dropped where they do not apply: a chosen model, or a
+    method other than MUCS.
+    """
     micro = MICRO
-    for group in ("method", "model"):  # choosing a group drops the micro settings of its keys
-        if any(o.startswith(f"{group}=") for o in overrides):
-            micro = [o for o in micro if not o.startswith(f"{group}.")]
+    if any(o.startswith("model=") for o in overrides):
+        micro = [o for o in micro if not o.startswith("model.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*micro, f"paths.runs_dir={tmp_path}", *overrides])
+        base = [f"paths.runs_dir={tmp_path}", *overrides]
+        no_method = [o for o in micro if not o.startswith("method.")]
+        if compose("config", overrides=[*no_method, *base]).method.name != "mucs":
+            micro = no_method
+        return compose("config", overrides=[*micro, *base])
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +66,15 @@ def perturb(net: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.n
         for p in net.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
     return net
+
+
+def write_cifar_batches(folder, side=32, per_batch=4, meta=("batches.meta", "label_names")):
+    """Pickled batches in the CIFAR release format: {"data": (N, 3*side*side) uint8, "labels"}."""
+    folder.mkdir(parents=True)
+    for b in range(1, 6):
+        data = np.full((per_batch, 3 * side * side), 20 * b, dtype=np.uint8)
+        data[:, : side * side] = 255  # red channel saturated
+        with open(folder / f"data_batch_{b}", "wb") as f:
+            pickle.dump({"data": data, "labels": [b % 10] * per_batch}, f)
+    with open(folder / meta[0], "wb") as f:
+        pickle.dump({meta[1]: [f"class{i}" for i in range(10)]}, f)

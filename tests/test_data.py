@@ -1,22 +1,22 @@
 import pytest
 import torch
+from conftest import CONF, write_cifar_batches
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
 from mucs_pipeline.data import build_dataset
 
 
-def folder_cfg(root, **kw):
-    base = {
-        "name": "folder",
-        "root": None if root is None else str(root),
-        "resolution": 16,
-        "channels": 3,
-        "conditional": True,
-        "subset": None,
-        "subset_seed": 0,
-    }
-    return OmegaConf.create({**base, **kw})
+def dataset_cfg(name: str, **values):
+    """The dataset group as users get it (conf/dataset/<name>.yaml), with some values set."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"dataset={name}"]).dataset
+    return OmegaConf.merge(cfg, values)
+
+
+def folder_cfg(root, **values):
+    return dataset_cfg("folder", root=None if root is None else str(root), resolution=16, **values)
 
 
 def write_images(root, classes=("cat", "dog"), per_class=3):
@@ -29,17 +29,14 @@ def write_images(root, classes=("cat", "dog"), per_class=3):
 
 
 def test_digits_are_the_real_sklearn_images_scaled_to_unit_range():
-    cfg = OmegaConf.create(
-        {"name": "digits", "conditional": True, "subset": None, "subset_seed": 0}
-    )
-    data = build_dataset(cfg)
+    data = build_dataset(dataset_cfg("digits", subset=None))
     assert data.x.shape == (1797, 1, 8, 8)
     assert data.x.min() == -1 and data.x.max() == 1
     assert data.cond.shape == (1797, 10) and torch.equal(data.cond.argmax(1), data.labels)
 
 
 def test_digits_subset_is_fixed_across_calls():
-    cfg = OmegaConf.create({"name": "digits", "conditional": False, "subset": 50, "subset_seed": 0})
+    cfg = dataset_cfg("digits", conditional=False, subset=50)
     a, b = build_dataset(cfg), build_dataset(cfg)
     assert len(a) == 50 and torch.equal(a.x, b.x) and a.cond is None
 
@@ -71,3 +68,41 @@ def test_folder_errors_name_the_problem(tmp_path):
         build_dataset(folder_cfg(tmp_path / "empty"))
     with pytest.raises(ValueError, match="dataset.root is not set"):
         build_dataset(folder_cfg(None))
+
+
+def test_cifar10_reads_the_python_release(tmp_path):
+    write_cifar_batches(tmp_path / "cifar-10-batches-py")
+    cfg = dataset_cfg("cifar10", root=str(tmp_path))
+    data = build_dataset(cfg)
+    assert data.x.shape == (20, 3, 32, 32) and data.cond is None
+    assert data.x[:, 0].eq(1).all() and data.x[0, 1].mean().item() == pytest.approx(20 / 127.5 - 1)
+    assert data.labels.tolist()[:5] == [1, 1, 1, 1, 2] and data.class_names[3] == "class3"
+
+
+def test_cifar10_missing_files_name_the_download(tmp_path):
+    cfg = dataset_cfg("cifar10", root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        build_dataset(cfg)
+
+
+def artbench_cfg(root, fmt):
+    return dataset_cfg("artbench10", root=str(root), format=fmt)
+
+
+def test_artbench_python_release_is_resized_and_conditional(tmp_path):
+    write_cifar_batches(
+        tmp_path / "artbench-10-batches-py", side=128, per_batch=2, meta=("meta", "styles")
+    )
+    data = build_dataset(artbench_cfg(tmp_path, "python"))
+    assert data.x.shape == (10, 3, 64, 64) and data.cond.shape == (10, 10)
+    assert torch.equal(data.cond.argmax(1), data.labels) and data.class_names[0] == "class0"
+
+
+def test_artbench_imagefolder_release(tmp_path):
+    write_images(
+        tmp_path / "artbench-10-imagefolder-split" / "train", classes=("baroque", "ukiyo_e")
+    )
+    data = build_dataset(artbench_cfg(tmp_path, "imagefolder"))
+    assert data.x.shape == (6, 3, 64, 64) and data.class_names == ["baroque", "ukiyo_e"]
+    with pytest.raises(FileNotFoundError, match="artbench-10-imagefolder-split"):
+        build_dataset(artbench_cfg(tmp_path / "nowhere", "imagefolder"))

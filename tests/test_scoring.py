@@ -75,3 +75,18 @@ def test_removal_set_is_union_of_top_k():
 
     scores = torch.tensor([[0.9, 0.1, 0.8, 0.0], [0.0, 0.2, 0.95, 0.3]])
     assert removal_set(scores, 2).tolist() == [0, 2, 3]
+
+
+def test_bf16_scoring_agrees_with_float32(tmp_path):
+    """The tolerance the README states for bf16 scoring: losses within 5% (relative, median 1%)."""
+    cfg = make_cfg(tmp_path)
+    data = build_dataset(cfg.dataset)
+    net = perturb(init_model(cfg, data, seed=0)).eval()
+    edm = EDM()
+    bank = noise_bank(edm, (1, 8, 8), 10, 0.7, seed=1)
+    cpu = torch.device("cpu")
+    fp32 = loss_matrix(net, edm, data, bank, 400, cpu)
+    bf16 = loss_matrix(net, edm, data, bank, 400, cpu, bf16=True)
+    rel = ((bf16 - fp32).abs() / fp32.abs().clamp(min=1e-3)).flatten()
+    assert rel.max() < 0.05 and rel.median() < 0.01
+    assert not torch.equal(fp32, bf16)  # autocast really ran

@@ -35,3 +35,23 @@ def test_common_random_numbers_replay_pretraining_exactly(tmp_path):
     weights[:30] = 0
     removed = train(cfg, data, edm, tmp_path / "removed", steps=8, weights=weights)
     assert not states_equal(f1, removed)
+
+
+def test_flip_augmentation_draws_after_the_noise(tmp_path):
+    """p = 1 flips every image and leaves sigmas and noises as with p = 0."""
+    from conftest import perturb
+
+    from mucs_pipeline.data import ImageData
+    from mucs_pipeline.training import init_model, training_losses
+
+    cfg = make_cfg(tmp_path)
+    data = build_dataset(cfg.dataset)
+    flipped = ImageData(x=data.x.flip(-1), labels=data.labels, cond=data.cond)
+    net = perturb(init_model(cfg, data, seed=0)).eval()
+    idx, cpu = torch.arange(16), torch.device("cpu")
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    with torch.no_grad():
+        always = training_losses(net, EDM(), data, idx, gen(), cpu, augment_p=1.0)
+        plain = training_losses(net, EDM(), flipped, idx, gen(), cpu, augment_p=0.0)
+        unflipped = training_losses(net, EDM(), data, idx, gen(), cpu, augment_p=0.0)
+    assert torch.equal(always, plain) and not torch.equal(always, unflipped)

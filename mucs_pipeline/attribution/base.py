@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.models import EDM
+from mucs_pipeline.models import Diffusion
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Context:
 
     cfg: DictConfig  # the whole run config (pretraining recipe, seed)
     data: ImageData
-    diffusion: EDM
+    diffusion: Diffusion
     net: torch.nn.Module  # F1: the EMA weights of the pretrained model
     loss_null: float
     device: torch.device

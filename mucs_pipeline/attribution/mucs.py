@@ -23,21 +23,24 @@ class MUCS(Method):
         )
         self.loss_f1 = self._f1_losses()
 
+    def _losses(self, net, desc: str):
+        """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|)."""
+        ctx = self.ctx
+        return loss_matrix(
+            net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.device,
+            desc=desc, bf16=ctx.cfg.trainer.bf16_scoring,
+        )  # fmt: skip
+
     def _f1_losses(self):
         """F1 losses do not depend on the generated item: computed once per run, cached on disk."""
-        key = io.config_hash(self.cfg.num_noises, self.cfg.schedule_fraction, self.ctx.cfg.seed)
+        key = io.config_hash(
+            self.cfg.num_noises, self.cfg.schedule_fraction, self.ctx.cfg.seed,
+            self.ctx.cfg.trainer.bf16_scoring,
+        )  # fmt: skip
         path = self.ctx.cache_dir / f"f1_losses-{key}.pt"
         if path.exists():
             return io.load(path)
-        losses = loss_matrix(
-            self.ctx.net,
-            self.ctx.diffusion,
-            self.ctx.data,
-            self.bank,
-            self.cfg.score_batch,
-            self.ctx.device,
-            desc="F1 losses",
-        )
+        losses = self._losses(self.ctx.net, "F1 losses")
         path.parent.mkdir(parents=True, exist_ok=True)
         io.atomic_save(losses, path)
         return losses
@@ -45,23 +48,8 @@ class MUCS(Method):
     def score(self, index, x_hat, c_hat):
         ctx = self.ctx
         f2, info = unlearn(
-            ctx.net,
-            x_hat,
-            c_hat,
-            ctx.data,
-            ctx.diffusion,
-            ctx.loss_null,
-            self.cfg,
-            ctx.cfg,
+            ctx.net, x_hat, c_hat, ctx.data, ctx.diffusion, ctx.loss_null, self.cfg, ctx.cfg,
             stream=(ctx.cfg.seed, index),
-        )
-        loss_f2 = loss_matrix(
-            f2,
-            ctx.diffusion,
-            ctx.data,
-            self.bank,
-            self.cfg.score_batch,
-            ctx.device,
-            desc=f"score item {index}",
-        )
+        )  # fmt: skip
+        loss_f2 = self._losses(f2, f"score item {index}")
         return normalized_skew(self.loss_f1, loss_f2, self.cfg.eps), info

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.models import EDM
+from mucs_pipeline.models import Diffusion
 
 
 @dataclass
@@ -21,7 +21,7 @@ class NoiseBank:
 
 
 def noise_bank(
-    diffusion: EDM, shape: tuple[int, ...], num_noises: int, fraction: float, seed: int
+    diffusion: Diffusion, shape: tuple[int, ...], num_noises: int, fraction: float, seed: int
 ) -> NoiseBank:
     """Sigmas: the first |N| of floor(|N|/fraction) generation-schedule levels (descending).
 
@@ -36,16 +36,18 @@ def noise_bank(
 @torch.inference_mode()
 def loss_matrix(
     net: torch.nn.Module,
-    diffusion: EDM,
+    diffusion: Diffusion,
     data: ImageData,
     bank: NoiseBank,
     batch_pairs: int,
     device: torch.device,
     desc: str = "score",
+    bf16: bool = False,
 ) -> torch.Tensor:
     """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|).
 
-    The (item, pair) grid is flattened into batches of about `batch_pairs` forwards.
+    The (item, pair) grid is flattened into batches of about `batch_pairs` forwards;
+    `bf16` runs the network under bfloat16 autocast (the loss itself stays float32).
     """
     net = net.to(device).eval()
     n_pairs = len(bank.sigma)
@@ -58,13 +60,14 @@ def loss_matrix(
         cond = None
         if data.cond is not None:
             cond = data.cond[start : start + b].to(device).repeat_interleave(n_pairs, 0)
-        losses = diffusion.loss(
-            net,
-            x.repeat_interleave(n_pairs, 0),
-            cond,
-            sigma.repeat(b),
-            noise.repeat(b, 1, 1, 1),
-        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = diffusion.loss(
+                net,
+                x.repeat_interleave(n_pairs, 0),
+                cond,
+                sigma.repeat(b),
+                noise.repeat(b, 1, 1, 1),
+            )
         out[start : start + b] = losses.view(b, n_pairs).float().cpu()
     return out
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.models import EDM
+from mucs_pipeline.models import Diffusion
 from mucs_pipeline.training import NonFiniteLossError, Steps, make_trainer, training_losses
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Unlearning(L.LightningModule):
     def __init__(
         self,
         net: torch.nn.Module,
-        diffusion: EDM,
+        diffusion: Diffusion,
         data: ImageData,
         x_hat: torch.Tensor,
         c_hat: torch.Tensor | None,
@@ -61,8 +61,9 @@ class Unlearning(L.LightningModule):
         n, shape = len(self.data), self.data.x.shape[1:]
         b = min(self.cfg.batch_size, n)
         idx = torch.randperm(n, generator=gen)[:b]  # z uniformly without replacement
+        tc = self.train_cfg  # C3: the pretraining configuration
         loss_ft = training_losses(
-            self.net, self.diffusion, self.data, idx, gen, self.train_cfg.cond_drop, dev
+            self.net, self.diffusion, self.data, idx, gen, dev, tc.cond_drop, tc.augment_p
         ).mean()
         g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
         sigma_g = self.diffusion.training_sigma(g, gen)
@@ -99,7 +100,7 @@ def unlearn(
     x_hat: torch.Tensor,
     c_hat: torch.Tensor | None,
     data: ImageData,
-    diffusion: EDM,
+    diffusion: Diffusion,
     loss_null: float,
     cfg: DictConfig,
     run_cfg: DictConfig,

@@ -55,9 +55,14 @@ def take_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
 
 def build_dataset(cfg: DictConfig) -> ImageData:
     """Build the training set named by `cfg.name` (dataset group)."""
-    from mucs_pipeline.data import digits, folder
+    from mucs_pipeline.data import artbench, cifar, digits, folder
 
-    builders = {"digits": digits.load, "folder": folder.load}
+    builders = {
+        "digits": digits.load,
+        "folder": folder.load,
+        "cifar10": cifar.load,
+        "artbench10": artbench.load,
+    }
     if cfg.name not in builders:
         raise ValueError(f"dataset.name={cfg.name!r}: expected one of {sorted(builders)}")
     data = builders[cfg.name](cfg)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import layout as io
 from mucs_pipeline.data import ImageData, build_dataset
-from mucs_pipeline.models import EDM, build_diffusion
+from mucs_pipeline.models import Diffusion, build_diffusion
 from mucs_pipeline.training import init_model
 
 _DATASETS: dict[str, ImageData] = {}
@@ -23,7 +23,7 @@ def dataset(cfg: DictConfig) -> ImageData:
     return _DATASETS[key]
 
 
-def diffusion(cfg: DictConfig) -> EDM:
+def diffusion(cfg: DictConfig) -> Diffusion:
     return build_diffusion(cfg.diffusion)
 
 

@@ -20,9 +20,7 @@ def estimate_loss_null(cfg: DictConfig, data, diffusion) -> float:
     for i in range(cfg.null_loss.num_batches):
         gen = rng.generator("null-loss", cfg.seed, i)
         idx = torch.randperm(len(data), generator=gen)[:b]
-        total += (
-            training_losses(net, diffusion, data, idx, gen, 0.0, torch.device("cpu")).sum().item()
-        )
+        total += training_losses(net, diffusion, data, idx, gen, torch.device("cpu")).sum().item()
         count += b
     return total / count
 

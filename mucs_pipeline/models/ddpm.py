@@ -1,0 +1,60 @@
+"""DDPM (Ho et al. 2020): epsilon prediction on a linear beta schedule; DDIM sampling."""
+
+from __future__ import annotations
+
+import torch
+
+from mucs_pipeline.models.diffusion import Diffusion
+
+
+class DDPM(Diffusion):
+    """sigma is the integer timestep t in [0, T) carried as a float; alpha(sigma) = alpha_bar_t."""
+
+    name = "ddpm"
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        clip_denoised: bool = True,
+    ):
+        self.T, self.clip_denoised = num_timesteps, clip_denoised
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        self.alpha_bar = torch.cumprod(1 - betas, dim=0)  # (T,)
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alpha_bar.to(t.device)[t.long()]
+
+    def predict(self, net, x, sigma, cond):
+        """The predicted noise epsilon(x_t, t)."""
+        return net(x.float(), sigma.float().reshape(-1) / self.T, cond).float()
+
+    def loss(self, net, x, cond, sigma, noise):
+        """||n - F(sqrt(alpha) x + sqrt(1 - alpha) n, t)||^2, mean over pixels (paper Sec. 2.1)."""
+        a = self.alpha(sigma).float().reshape(-1, 1, 1, 1)
+        x_t = a.sqrt() * x + (1 - a).sqrt() * noise
+        return (noise - self.predict(net, x_t, sigma, cond)).square().flatten(1).mean(dim=1)
+
+    def training_sigma(self, n, generator):
+        """t uniform over the T timesteps."""
+        return torch.randint(0, self.T, (n,), generator=generator).double()
+
+    def schedule(self, num_steps):
+        """num_steps timesteps evenly spaced from T-1 down to 0."""
+        return torch.linspace(self.T - 1, 0, num_steps, dtype=torch.float64).round()
+
+    @torch.no_grad()
+    def sample(self, net, latents, cond, num_steps, cfg_weight=1.0):
+        """Deterministic DDIM (eta = 0), so that an item depends on its seed's latents alone."""
+        steps = self.schedule(num_steps).to(latents.device)
+        x = latents.double()
+        for i, t in enumerate(steps):
+            a_t = self.alpha(t)
+            a_prev = self.alpha(steps[i + 1]) if i + 1 < len(steps) else torch.ones_like(a_t)
+            eps = self.guided(net, x, t, cond, cfg_weight)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            if self.clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        return x.float()

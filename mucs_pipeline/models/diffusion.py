@@ -1,0 +1,70 @@
+"""The interface every diffusion variant implements, so that every method runs on all of them.
+
+A variant names its noise level `sigma` whatever it is (EDM's sigma, DDPM's timestep,
+flow matching's time); methods only pass it through, with the noise, to `loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Diffusion:
+    """Per-sample loss with explicit noise level and noise; training levels; schedule; sampler."""
+
+    name = ""
+
+    def predict(
+        self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The model's prediction in this variant's parameterisation, float32."""
+        raise NotImplementedError
+
+    def loss(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """L(z, sigma, n, F) per sample, mean over pixels: (N,)."""
+        raise NotImplementedError
+
+    def training_sigma(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n noise levels from the training distribution."""
+        raise NotImplementedError
+
+    def schedule(self, num_steps: int) -> torch.Tensor:
+        """The noise levels a `num_steps` sampler evaluates the network at, descending, float64."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        net: nn.Module,
+        latents: torch.Tensor,
+        cond: torch.Tensor | None,
+        num_steps: int,
+        cfg_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Deterministic sampling from unit-variance latents (one RNG per seed upstream)."""
+        raise NotImplementedError
+
+    def guided(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: torch.Tensor | None,
+        cfg_weight: float,
+    ) -> torch.Tensor:
+        """Classifier-free guided prediction at one level, float64; every channel is guided."""
+        level = sigma.expand(x.shape[0])
+        if cond is None or cfg_weight == 1.0:
+            return self.predict(net, x, level, cond).double()
+        both = self.predict(
+            net, torch.cat([x, x]), torch.cat([level, level]), torch.cat([cond, 0 * cond])
+        ).double()
+        pred_cond, pred_uncond = both.chunk(2)  # the null condition is the zero vector
+        return pred_uncond + cfg_weight * (pred_cond - pred_uncond)

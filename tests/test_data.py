@@ -16,7 +16,8 @@ def dataset_cfg(name: str, **values):
 
 
 def folder_cfg(root, **values):
-    return dataset_cfg("folder", root=None if root is None else str(root), resolution=16, **values)
+    values = {"resolution": 16, **values}
+    return dataset_cfg("folder", root=None if root is None else str(root), **values)
 
 
 def write_images(root, classes=("cat", "dog"), per_class=3):

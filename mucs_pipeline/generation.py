@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
 
@@ -13,20 +14,32 @@ from mucs_pipeline.models import Diffusion
 def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
     """Seeds and conditions of the m attributed items and the control items of run `cfg.seed`.
 
-    Conditional items cycle through the classes so that every class is represented.
+    Class-conditional items cycle through the classes so that every class is represented;
+    items of data with generation conditions (COCO's test captions) take a seeded random
+    draw of them, and `labels` holds the index of the condition drawn.
     """
     m, n_ctrl = cfg.generate.num_items, cfg.generate.num_controls
     base = cfg.seed * 100_000
+    order = None
+    if data.gen_cond is not None:
+        if len(data.gen_cond) < m + n_ctrl:
+            raise ValueError(
+                f"{m + n_ctrl} generated items need as many generation conditions; "
+                f"the data has {len(data.gen_cond)}"
+            )
+        order = torch.randperm(len(data.gen_cond), generator=rng.generator("gen-cond", cfg.seed))
     plan = {}
     for subset, offset, count in (("target", 0, m), ("control", m, n_ctrl)):
         seeds = torch.arange(base + offset, base + offset + count)
-        if data.conditional:
+        labels, cond = None, None
+        if order is not None:
+            labels = order[offset : offset + count]
+            cond = data.gen_cond[labels]
+        elif data.conditional:
             labels = torch.arange(offset, offset + count) % data.cond_dim
             cond = (
                 torch.stack([data.condition_for_label(int(c)) for c in labels]) if count else None
             )
-        else:
-            labels, cond = None, None
         plan[subset] = {"seeds": seeds, "labels": labels, "cond": cond}
     return plan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -78,3 +80,25 @@ def write_cifar_batches(folder, side=32, per_batch=4, meta=("batches.meta", "lab
             pickle.dump({"data": data, "labels": [b % 10] * per_batch}, f)
     with open(folder / meta[0], "wb") as f:
         pickle.dump({meta[1]: [f"class{i}" for i in range(10)]}, f)
+
+
+def write_coco(root, split, n_images, captions_per_image=2):
+    """A COCO captions tree: <root>/<split>/*.jpg and <root>/annotations/captions_<split>.json."""
+    (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    images, annotations = [], []
+    for i in range(n_images):
+        name = f"{i:012d}.jpg"
+        Image.new("RGB", (80, 60), color=(30 * i, 100, 200)).save(root / split / name)
+        images.append({"id": 100 + i, "file_name": name, "height": 60, "width": 80})
+        for c in range(captions_per_image):
+            annotations.append(
+                {
+                    "id": 1000 + 10 * i + c,
+                    "image_id": 100 + i,
+                    "caption": f"picture {i} caption {c}",
+                }
+            )
+    (root / "annotations" / f"captions_{split}.json").write_text(
+        json.dumps({"images": images, "annotations": annotations})
+    )

@@ -66,8 +66,21 @@ PAPER = {
         "pretrain.steps": 250_000,
         "generate.cfg_weight": 2.0,
     },
+    "coco_mucs": {
+        "dataset.name": "coco",
+        "dataset.resolution": 64,
+        "dataset.conditional": True,
+        "dataset.clip_model": "ViT-L-14",
+        "model.conv_channels": [16, 16],
+        "model.conv_strides": [1, 2],
+        "model.cond_width": 1024,
+        "pretrain.lr": 2e-4,
+        "pretrain.steps": 300_000,
+        "generate.cfg_weight": 3.0,
+    },
 }
-PARAMETERS = {"cifar10_mucs": (100e6, 0), "artbench10_mucs": (100e6, 10)}  # (Table 4, cond dim)
+# (Table 4 total, condition dimension: none, 10 classes, 768-d CLIP-Text)
+PARAMETERS = {"cifar10_mucs": (100e6, 0), "artbench10_mucs": (100e6, 10), "coco_mucs": (146e6, 768)}
 
 
 def paper_cfg(experiment: str):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import CONF, write_cifar_batches
+from conftest import CONF, write_cifar_batches, write_coco
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -107,3 +107,49 @@ def test_artbench_imagefolder_release(tmp_path):
     assert data.x.shape == (6, 3, 64, 64) and data.class_names == ["baroque", "ukiyo_e"]
     with pytest.raises(FileNotFoundError, match="artbench-10-imagefolder-split"):
         build_dataset(artbench_cfg(tmp_path / "nowhere", "imagefolder"))
+
+
+def test_coco_captions_condition_on_clip_text_and_are_cached(tmp_path):
+    write_coco(tmp_path / "coco", "train2017", 4)
+    write_coco(tmp_path / "coco", "val2017", 3)
+    # The real ViT-L-14 text tower, randomly initialised (no download).
+    cfg = dataset_cfg(
+        "coco",
+        root=str(tmp_path / "coco"),
+        clip_pretrained=None,
+        cache_dir=str(tmp_path / "cache"),
+        caption_index=1,
+    )
+    data = build_dataset(cfg)
+    assert data.x.shape == (4, 3, 64, 64) and data.x.min() >= -1 and data.x.max() <= 1
+    assert data.cond.shape == (4, 768) and data.gen_cond.shape == (3, 768)
+    torch.testing.assert_close(data.cond.norm(dim=1), torch.ones(4))
+    assert not torch.allclose(data.cond[0], data.cond[1])
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert cached == ["clip_text", "clip_text", "images"]
+    again = build_dataset(cfg)  # from the cache
+    assert torch.equal(again.cond, data.cond) and torch.equal(again.x, data.x)
+
+
+def test_coco_missing_files_name_the_downloads(tmp_path):
+    cfg = dataset_cfg("coco", root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="annotations_trainval2017.zip"):
+        build_dataset(cfg)
+
+
+def test_generated_items_take_test_captions(tmp_path):
+    from mucs_pipeline.data import ImageData
+    from mucs_pipeline.generation import item_plan
+
+    gen_cond = torch.randn(7, 5)
+    data = ImageData(
+        x=torch.zeros(3, 3, 8, 8), labels=None, cond=torch.zeros(3, 5), gen_cond=gen_cond
+    )
+    cfg = OmegaConf.create({"seed": 0, "generate": {"num_items": 4, "num_controls": 2}})
+    plan = item_plan(cfg, data)
+    picked = torch.cat([plan["target"]["labels"], plan["control"]["labels"]])
+    assert len(set(picked.tolist())) == 6  # distinct test captions
+    assert torch.equal(plan["target"]["cond"], gen_cond[plan["target"]["labels"]])
+    cfg.generate.num_items = 6
+    with pytest.raises(ValueError, match="generation conditions"):
+        item_plan(cfg, data)

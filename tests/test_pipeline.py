@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cfg, write_cifar_batches
+from conftest import make_cfg, write_cifar_batches, write_coco
 
 from mucs_pipeline import pipeline
 from mucs_pipeline.layout import STAGES, Layout
@@ -138,6 +138,15 @@ def synthetic_data(experiment: str, root: Path) -> list[str]:
             root / "artbench-10-batches-py", side=64, per_batch=8, meta=("meta", "styles")
         )
         return [f"dataset.root={root}", "dataset.format=python", "dataset.resolution=16"]
+    if experiment.startswith("coco"):
+        write_coco(root, "train2017", 12)
+        write_coco(root, "val2017", 6)
+        return [
+            f"dataset.root={root}",
+            "dataset.clip_pretrained=null",  # the real text tower, randomly initialised
+            f"dataset.cache_dir={root}/cache",
+            "dataset.resolution=16",
+        ]
     return []
 
 

@@ -16,6 +16,8 @@ class ImageData:
     labels: torch.Tensor | None  # (N,) class ids, when the data has classes
     cond: torch.Tensor | None  # (N, D) condition vectors fed to the network
     class_names: list[str] | None = None
+    # Conditions generated items draw from (COCO: test-split captions); None: the classes.
+    gen_cond: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -27,6 +29,16 @@ class ImageData:
     @property
     def cond_dim(self) -> int:
         return 0 if self.cond is None else self.cond.shape[1]
+
+    def subset(self, idx: torch.Tensor) -> ImageData:
+        """The items at `idx` (indices or a boolean mask)."""
+        return ImageData(
+            x=self.x[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            cond=None if self.cond is None else self.cond[idx],
+            class_names=self.class_names,
+            gen_cond=self.gen_cond,
+        )
 
     def condition_for_label(self, label: int) -> torch.Tensor:
         """The condition vector of a class id (one-hot)."""
@@ -44,24 +56,19 @@ def take_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
     if size <= 0:
         raise ValueError(f"dataset.subset={size}: expected a positive size or null")
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
-    idx = idx.sort().values
-    return ImageData(
-        x=data.x[idx],
-        labels=None if data.labels is None else data.labels[idx],
-        cond=None if data.cond is None else data.cond[idx],
-        class_names=data.class_names,
-    )
+    return data.subset(idx.sort().values)
 
 
 def build_dataset(cfg: DictConfig) -> ImageData:
     """Build the training set named by `cfg.name` (dataset group)."""
-    from mucs_pipeline.data import artbench, cifar, digits, folder
+    from mucs_pipeline.data import artbench, cifar, coco, digits, folder
 
     builders = {
         "digits": digits.load,
         "folder": folder.load,
         "cifar10": cifar.load,
         "artbench10": artbench.load,
+        "coco": coco.load,
     }
     if cfg.name not in builders:
         raise ValueError(f"dataset.name={cfg.name!r}: expected one of {sorted(builders)}")

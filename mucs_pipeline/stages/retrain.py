@@ -6,7 +6,6 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import layout as io
-from mucs_pipeline.data import ImageData
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
 
@@ -37,13 +36,7 @@ def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
             cfg, data, common.diffusion(cfg), folder, cfg.retrain.steps, weights=keep.float()
         )
     else:
-        subset = ImageData(
-            x=data.x[keep],
-            labels=None if data.labels is None else data.labels[keep],
-            cond=None if data.cond is None else data.cond[keep],
-            class_names=data.class_names,
-        )
-        net = train(cfg, subset, common.diffusion(cfg), folder, cfg.retrain.steps)
+        net = train(cfg, data.subset(keep), common.diffusion(cfg), folder, cfg.retrain.steps)
     io.atomic_save(removed, folder / "removed.pt")
     io.atomic_save(net.state_dict(), folder / "ema.pt")
     return {"num_removed": len(removed), "fraction_removed": len(removed) / len(data)}

@@ -1,0 +1,94 @@
+"""MS-COCO captions: images center-cropped to 64x64, conditioned on CLIP-Text caption embeddings.
+
+The captions JSON is read with the standard library (it is the format pycocotools and
+torchvision's CocoCaptions read). Decoded images and text embeddings are computed once and
+cached under `dataset.cache_dir`, so every later run starts from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mucs_pipeline import layout as io
+from mucs_pipeline.data.base import ImageData
+from mucs_pipeline.data.folder import _load_image
+from mucs_pipeline.pretrained import clip_text_embeddings
+
+DOWNLOADS = (
+    "images: http://images.cocodataset.org/zips/{split}.zip (unzip into <root>/{split}/); "
+    "captions: http://images.cocodataset.org/annotations/annotations_trainval2017.zip "
+    "(unzip into <root>/annotations/)"
+)
+
+
+def read_captions(path: Path) -> list[tuple[str, list[str]]]:
+    """(file name, captions in annotation order) per image that has captions, by image id."""
+    ann = json.loads(path.read_text())
+    files = {img["id"]: img["file_name"] for img in ann["images"]}
+    captions: dict[int, list[str]] = defaultdict(list)
+    for a in sorted(ann["annotations"], key=lambda a: a["id"]):
+        captions[a["image_id"]].append(a["caption"].strip())
+    return [(files[i], captions[i]) for i in sorted(files) if captions[i]]
+
+
+def _split_files(cfg: DictConfig, split: str) -> tuple[Path, Path]:
+    root = Path(cfg.root).expanduser()
+    ann, images = root / "annotations" / f"captions_{split}.json", root / split
+    if not ann.exists() or not images.is_dir():
+        raise FileNotFoundError(
+            f"COCO {split} not found under {root} (need {ann} and {images}/). Download "
+            + DOWNLOADS.format(split=split)
+        )
+    return ann, images
+
+
+def _cached(path: Path, compute) -> torch.Tensor:
+    if path.exists():
+        return io.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_save(value, path)
+    return value
+
+
+def _embed(captions: list[str], cfg: DictConfig, cache: Path) -> torch.Tensor:
+    key = io.config_hash(cfg.clip_model, cfg.clip_pretrained, captions)
+    return _cached(
+        cache / f"clip_text-{key}.pt",
+        lambda: clip_text_embeddings(
+            captions, cfg.clip_model, cfg.clip_pretrained, cfg.clip_cache_dir
+        ),
+    )
+
+
+def load(cfg: DictConfig) -> ImageData:
+    """The training split with one caption per image; generated items take test-split captions."""
+    cache = Path(cfg.cache_dir).expanduser()
+    ann, images = _split_files(cfg, cfg.split)
+    entries = read_captions(ann)
+
+    def decode() -> torch.Tensor:
+        x = [
+            _load_image(images / name, cfg.resolution, 3)
+            for name, _ in tqdm(entries, desc=f"decode COCO {cfg.split}")
+        ]
+        return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8)
+
+    pixels = _cached(
+        cache / f"images-{cfg.split}-{cfg.resolution}-{io.config_hash(str(ann))}.pt", decode
+    )
+    captions = [caps[cfg.caption_index % len(caps)] for _, caps in entries]
+    test_ann, _ = _split_files(cfg, cfg.test_split)
+    test_captions = [caps[0] for _, caps in read_captions(test_ann)]
+    return ImageData(
+        x=pixels.float() / 127.5 - 1.0,
+        labels=None,
+        cond=_embed(captions, cfg, cache),
+        gen_cond=_embed(test_captions, cfg, cache),
+    )

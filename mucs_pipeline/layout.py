@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -188,6 +189,9 @@ class Layout:
             log.info("skip %s: finished at %s", what, self.dir(stage, method))
             return done["metrics"]
         folder = self.dir(stage, method)
+        if self.cfg.force and folder.exists():
+            # Checkpoints and finished items would otherwise be resumed rather than recomputed.
+            shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         log.info("run %s -> %s", what, folder)
         start = time.time()

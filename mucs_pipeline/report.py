@@ -50,11 +50,13 @@ def report(root: Path, alpha: float = 0.01) -> list[Path]:
     for (name, method, key), folders in find_runs(root).items():
         sims = pool(folders)
         metrics = list(next(iter(sims.values()))[method])
-        rows = result_rows(method, sims, metrics, alpha)
+        infos = [json.loads((f / "run.json").read_text()) for f in folders]
+        removed = {m: sum(i["removed"][m] for i in infos) for m in infos[0]["removed"]}
+        rows = result_rows(method, sims, metrics, alpha, removed)
         out = root / "report" / f"{name}-{method}-{key}"
         out.mkdir(parents=True, exist_ok=True)
         table = write_tables(rows, out)
-        seeds = [json.loads((f / "run.json").read_text())["seed"] for f in folders]
+        seeds = [i["seed"] for i in infos]
         io.atomic_write_text(out / "runs.json", json.dumps([str(f) for f in folders], indent=2))
         print(f"\n{name} / {method}: {len(folders)} runs (seeds {seeds}) pooled -> {out}\n{table}")
         written.append(out)

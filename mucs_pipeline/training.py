@@ -130,16 +130,11 @@ class DiffusionTraining(L.LightningModule):
         step, dev = self.global_step, self.device
         idx = self.batches.indices(step)
         gen = rng.generator("train", self.seed, step)
-        losses = training_losses(
-            self.net,
-            self.diffusion,
-            self.data,
-            idx,
-            gen,
-            dev,
-            self.cfg.cond_drop,
-            self.cfg.augment_p,
-        )
+        c = self.cfg
+        with rng.global_stream(dev, "dropout", self.seed, step):
+            losses = training_losses(
+                self.net, self.diffusion, self.data, idx, gen, dev, c.cond_drop, c.augment_p
+            )
         w = self.weights[idx].to(dev)
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)  # normalised over kept items
         if not torch.isfinite(loss):

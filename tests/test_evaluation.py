@@ -45,3 +45,20 @@ def test_auc_and_u_test_match_by_hand():
     assert p == pytest.approx(mannwhitneyu(random, method, alternative="greater").pvalue)
     assert compare(random, method)[0] == pytest.approx(4 / 16)
     assert compare(method, method)[0] == pytest.approx(0.5)
+
+
+def test_ssim_matches_scikit_image_with_the_same_window():
+    from skimage.metrics import structural_similarity
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=gen)).clamp(-1, 1)
+    # scikit-image's Gaussian window at sigma 1.5 has 11 taps (truncate 3.5).
+    cfg = OmegaConf.create({"names": ["ssim"], "ssim_kernel": 11, "ssim_sigma": 1.5})
+    ours = similarities(a, b, cfg)["ssim"]
+    for i in range(2):
+        ref = structural_similarity(
+            a[i].numpy(), b[i].numpy(), gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False, data_range=2.0, channel_axis=0,
+        )  # fmt: skip
+        assert ours[i].item() == pytest.approx(ref, abs=1e-5)

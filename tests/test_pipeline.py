@@ -159,3 +159,13 @@ def test_every_experiment_config_runs_on_micro_settings(experiment, tmp_path):
     with open(layout.dir("evaluate") / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(0 <= float(r["auc"]) <= 1 for r in rows)
+
+
+def test_force_recomputes_rather_than_resumes(finished):
+    tmp, cfg = finished
+    item = Layout(cfg).dir("attribute", "mucs") / "items" / "item0000.pt"
+    before = item.stat().st_mtime_ns
+    scores = torch.load(item, weights_only=True)["scores"]
+    pipeline.run(make_cfg(tmp, "stages=[attribute]", "force=true"))
+    assert item.stat().st_mtime_ns != before  # recomputed, not picked up from the last run
+    assert torch.equal(torch.load(item, weights_only=True)["scores"], scores)  # deterministic

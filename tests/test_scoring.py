@@ -90,3 +90,13 @@ def test_bf16_scoring_agrees_with_float32(tmp_path):
     rel = ((bf16 - fp32).abs() / fp32.abs().clamp(min=1e-3)).flatten()
     assert rel.max() < 0.05 and rel.median() < 0.01
     assert not torch.equal(fp32, bf16)  # autocast really ran
+
+
+def test_noise_bank_size_is_robust_to_float_error_and_checks_the_fraction():
+    edm = EDM()
+    assert len(noise_bank(edm, (1, 2, 2), 3, 0.1, seed=0).sigma) == 3
+    torch.testing.assert_close(
+        noise_bank(edm, (1, 2, 2), 3, 0.1, seed=0).sigma, edm.schedule(30)[:3].float()
+    )
+    with pytest.raises(ValueError, match="schedule_fraction"):
+        noise_bank(edm, (1, 2, 2), 3, 1.5, seed=0)

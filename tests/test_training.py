@@ -1,5 +1,6 @@
 """Pretraining resume and common random numbers."""
 
+import pytest
 import torch
 from conftest import make_cfg
 
@@ -13,8 +14,9 @@ def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
-    cfg = make_cfg(tmp_path)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_resume_from_checkpoint_gives_the_same_weights(tmp_path, dropout):
+    cfg = make_cfg(tmp_path, f"model.dropout={dropout}")
     data, edm = build_dataset(cfg.dataset), EDM()
     straight = train(cfg, data, edm, tmp_path / "straight", steps=12)
     # Stop after 10 steps (checkpoints every 5), then resume to 12 as a killed job would.
@@ -24,8 +26,11 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path):
     assert states_equal(straight, resumed)
 
 
-def test_common_random_numbers_replay_pretraining_exactly(tmp_path):
-    cfg = make_cfg(tmp_path)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_common_random_numbers_replay_pretraining_exactly(tmp_path, dropout):
+    """Dropout masks are part of the replayed stream too."""
+    cfg = make_cfg(tmp_path, f"model.dropout={dropout}")
+    torch.manual_seed(123)  # the global generator's state must not matter
     data, edm = build_dataset(cfg.dataset), EDM()
     f1 = train(cfg, data, edm, tmp_path / "pre", steps=8)
     # Nothing removed: the retrain is the pretraining, bit for bit.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,9 @@ def noise_bank(
 
     Noises: drawn once from the training noise distribution (standard normal).
     """
-    total = int(num_noises / fraction)  # floor(100 / 0.7) = 142
+    if not 0 < fraction <= 1:
+        raise ValueError(f"method.schedule_fraction={fraction}: expected a value in (0, 1]")
+    total = math.floor(num_noises / fraction + 1e-9)  # floor(100 / 0.7) = 142; 3 / 0.1 = 30
     sigma = diffusion.schedule(total)[:num_noises].float()
     noise = torch.randn((num_noises, *shape), generator=rng.generator("noise-bank", seed))
     return NoiseBank(sigma=sigma, noise=noise)

@@ -61,17 +61,22 @@ class Unlearning(L.LightningModule):
         n, shape = len(self.data), self.data.x.shape[1:]
         b = min(self.cfg.batch_size, n)
         idx = torch.randperm(n, generator=gen)[:b]  # z uniformly without replacement
-        tc = self.train_cfg  # C3: the pretraining configuration
-        loss_ft = training_losses(
-            self.net, self.diffusion, self.data, idx, gen, dev, tc.cond_drop, tc.augment_p
-        ).mean()
-        g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
-        sigma_g = self.diffusion.training_sigma(g, gen)
-        noise_g = torch.randn((g, *shape), generator=gen)
-        c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
-        loss_hat = self.diffusion.loss(
-            self.net, self.x_hat.expand(g, *shape).to(dev), c_hat, sigma_g.to(dev), noise_g.to(dev)
-        )
+        with rng.global_stream(dev, "unlearn-dropout", *self.stream, step):
+            tc = self.train_cfg  # C3: the pretraining configuration
+            loss_ft = training_losses(
+                self.net, self.diffusion, self.data, idx, gen, dev, tc.cond_drop, tc.augment_p
+            ).mean()
+            g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
+            sigma_g = self.diffusion.training_sigma(g, gen)
+            noise_g = torch.randn((g, *shape), generator=gen)
+            c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
+            loss_hat = self.diffusion.loss(
+                self.net,
+                self.x_hat.expand(g, *shape).to(dev),
+                c_hat,
+                sigma_g.to(dev),
+                noise_g.to(dev),
+            )
         if self.cfg.clamp:
             loss_hat = loss_hat.clamp(max=self.loss_null)  # min(L(z_hat), L_null)
         loss_ga = loss_hat.mean()

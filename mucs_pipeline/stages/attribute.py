@@ -26,7 +26,8 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
         net=common.load_net(cfg, data, layout.require("pretrain") / "ema.pt"),
         loss_null=null_loss.read(layout),
         device=common.device(cfg),
-        cache_dir=layout.root / "cache" / layout.key("pretrain"),
+        # Keyed by F1's content, so a recomputed F1 never meets a stale cache.
+        cache_dir=layout.root / "cache" / layout.manifest("pretrain")["outputs"]["ema.pt"][:16],
     )
     scorer = build_method(layout.method_cfg(method), ctx)
     parts = folder / "items"

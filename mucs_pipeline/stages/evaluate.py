@@ -26,6 +26,8 @@ COLUMNS = [
     "significant",
     "mean_similarity",
     "mean_similarity_random",
+    "num_removed",
+    "num_removed_random",
 ]
 
 
@@ -38,9 +40,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def result_rows(
-    method: str, sims: dict[str, dict[str, dict]], metric_names: list[str], alpha: float
+    method: str,
+    sims: dict[str, dict[str, dict]],
+    metric_names: list[str],
+    alpha: float,
+    removed: dict[str, int],
 ) -> list[dict]:
-    """One row per (metric, subset) from {subset: {method or random: {metric: (N,)}}}."""
+    """One row per (metric, subset) from {subset: {method or random: {metric: (N,)}}}.
+
+    `removed`: training items each retrain removed (summed over pooled runs), per method.
+    """
     rows = []
     for subset, by_method in sims.items():
         for metric in metric_names:
@@ -58,6 +67,8 @@ def result_rows(
                     "significant": p < alpha,
                     "mean_similarity": float(s_m.mean()),
                     "mean_similarity_random": float(s_r.mean()),
+                    "num_removed": removed[method],
+                    "num_removed_random": removed[io.BASELINE],
                 }
             )
     return rows
@@ -87,13 +98,15 @@ def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
                 m: similarities(ref, regen[m][subset]["images"], cfg.metric) for m in layout.methods
             }
             io.atomic_save(sims[subset], folder / f"similarities_{subset}.pt")
-    rows = result_rows(cfg.method.name, sims, list(cfg.metric.names), cfg.evaluate.alpha)
+    removed = {m: layout.manifest("retrain", m)["metrics"]["num_removed"] for m in layout.methods}
+    rows = result_rows(cfg.method.name, sims, list(cfg.metric.names), cfg.evaluate.alpha, removed)
     write_tables(rows, folder)
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,
         "method": cfg.method.name,
         "experiment_key": layout.experiment_key(),
+        "removed": removed,
     }
     io.atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2))
     grid = [original["target"]["images"]] + [regen[m]["target"]["images"] for m in layout.methods]

@@ -155,6 +155,18 @@ class Layout:
         return self.root / stage / name
 
     def manifest(self, stage: str, method: str | None = None) -> dict | None:
+        """The manifest of a finished unit whose config and inputs still match, else None.
+
+        Inputs match when every upstream artifact has the content hash recorded when this
+        unit ran: a recomputed upstream stage invalidates what was built from it.
+        """
+        manifest = self._finished(stage, method)
+        if manifest is None or manifest.get("input_hashes") != self.input_hashes(stage, method):
+            return None
+        return manifest
+
+    def _finished(self, stage: str, method: str | None) -> dict | None:
+        """The unit's manifest if its key matches and its outputs exist."""
         path = self.dir(stage, method) / "manifest.json"
         if not path.exists():
             return None
@@ -206,7 +218,10 @@ class Layout:
             "stage": stage,
             "method": method,
             "key": self.key(stage, method),
-            "inputs": self.upstream_keys(stage, method),
+            "inputs": {
+                f"{s}[{m}]" if m else s: self.key(s, m) for s, m in self.upstream(stage, method)
+            },
+            "input_hashes": self.input_hashes(stage, method),
             "code_version": code_version(),
             "wall_time_s": round(wall, 3),
             "outputs": outputs,
@@ -216,14 +231,24 @@ class Layout:
         log.info("done %s in %.1f s", what, wall)
         return metrics
 
-    def upstream_keys(self, stage: str, method: str | None) -> dict[str, str]:
-        deps = {
+    def upstream(self, stage: str, method: str | None) -> list[tuple[str, str | None]]:
+        """The (stage, method) units whose artifacts `stage` reads."""
+        return {
             "pretrain": [],
             "generate": [("pretrain", None)],
             "null_loss": [],
-            "attribute": [("generate", None), ("null_loss", None)],
+            "attribute": [("generate", None), ("null_loss", None), ("pretrain", None)],
             "retrain": [("attribute", method)],
             "regenerate": [("retrain", method), ("generate", None)],
-            "evaluate": [("regenerate", m) for m in self.methods],
+            "evaluate": [("regenerate", m) for m in self.methods] + [("generate", None)],
         }[stage]
-        return {f"{s}[{m}]" if m else s: self.key(s, m) for s, m in deps}
+
+    def input_hashes(self, stage: str, method: str | None) -> dict[str, dict[str, str]] | None:
+        """The output hashes of every upstream unit as they are now (None if one is missing)."""
+        hashes = {}
+        for s, m in self.upstream(stage, method):
+            upstream = self._finished(s, m)
+            if upstream is None:
+                return None
+            hashes[f"{s}[{m}]" if m else s] = upstream["outputs"]
+        return hashes

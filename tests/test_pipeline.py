@@ -169,3 +169,22 @@ def test_force_recomputes_rather_than_resumes(finished):
     pipeline.run(make_cfg(tmp, "stages=[attribute]", "force=true"))
     assert item.stat().st_mtime_ns != before  # recomputed, not picked up from the last run
     assert torch.equal(torch.load(item, weights_only=True)["scores"], scores)  # deterministic
+
+
+def test_a_changed_upstream_artifact_invalidates_what_was_built_from_it(finished):
+    tmp, cfg = finished
+    layout = Layout(cfg)
+    assert layout.manifest("attribute", "mucs") is not None
+    path = layout.dir("generate") / "manifest.json"
+    original = path.read_text()
+    manifest = json.loads(original)
+    manifest["outputs"]["items.pt"] = "0" * 64  # as if generate had been recomputed differently
+    path.write_text(json.dumps(manifest))
+    try:
+        assert layout.manifest("generate") is not None  # generate itself still matches
+        assert layout.manifest("attribute", "mucs") is None
+        assert layout.manifest("regenerate", "random") is None
+        assert layout.manifest("pretrain") is not None
+    finally:
+        path.write_text(original)
+    assert layout.manifest("attribute", "mucs") is not None

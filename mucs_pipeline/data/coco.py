@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from mucs_pipeline import layout as io
 from mucs_pipeline.data.base import ImageData
-from mucs_pipeline.data.folder import _load_image
+from mucs_pipeline.data.folder import load_image
 from mucs_pipeline.pretrained import clip_text_embeddings
 
 DOWNLOADS = (
@@ -75,7 +75,7 @@ def load(cfg: DictConfig) -> ImageData:
 
     def decode() -> torch.Tensor:
         x = [
-            _load_image(images / name, cfg.resolution, 3)
+            load_image(images / name, cfg.resolution, 3)
             for name, _ in tqdm(entries, desc=f"decode COCO {cfg.split}")
         ]
         return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8)

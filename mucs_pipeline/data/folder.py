@@ -18,7 +18,7 @@ def _images_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
-def _load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
+def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
     """Read, center-crop to a square, resize, and scale to [-1, 1]."""
     with Image.open(path) as img:
         img = img.convert("L" if channels == 1 else "RGB")
@@ -58,7 +58,7 @@ def load(cfg: DictConfig) -> ImageData:
         raise FileNotFoundError(
             f"dataset.root={str(root)!r} holds no images ({sorted(EXTENSIONS)})"
         )
-    x = torch.stack([_load_image(p, cfg.resolution, cfg.channels) for p in paths])
+    x = torch.stack([load_image(p, cfg.resolution, cfg.channels) for p in paths])
     label_tensor = None if labels is None else torch.tensor(labels, dtype=torch.long)
     cond = None if label_tensor is None else one_hot(label_tensor, len(classes))
     return ImageData(x=x, labels=label_tensor, cond=cond, class_names=classes)

@@ -1,1 +1,1 @@
-"""mucs_pipeline: training data attribution for diffusion models, proven by leave-k-out retraining."""
+"""mucs_pipeline: training data attribution for diffusion models, proven by retraining."""

@@ -17,17 +17,29 @@ def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
     Class-conditional items cycle through the classes so that every class is represented;
     items of data with generation conditions (COCO's test captions) take a seeded random
     draw of them, and `labels` holds the index of the condition drawn.
+
+    `generate.split=tune` gives items for choosing baseline hyperparameters: other seeds
+    (offset 50,000) and, for generation conditions, the other end of the same random
+    order, so that no tuning item coincides with an evaluated one.
     """
     m, n_ctrl = cfg.generate.num_items, cfg.generate.num_controls
-    base = cfg.seed * 100_000
+    split = cfg.generate.get("split", "eval")
+    if split not in ("eval", "tune"):
+        raise ValueError(f"generate.split={split!r}: expected 'eval' or 'tune'")
+    if max(m, n_ctrl) >= 50_000:
+        raise ValueError(f"generate.num_items={m}: at most 49,999 items per split")
+    base = cfg.seed * 100_000 + (50_000 if split == "tune" else 0)
     order = None
     if data.gen_cond is not None:
-        if len(data.gen_cond) < m + n_ctrl:
+        needed = (2 if split == "tune" else 1) * (m + n_ctrl)  # tune: disjoint from eval
+        if len(data.gen_cond) < needed:
             raise ValueError(
-                f"{m + n_ctrl} generated items need as many generation conditions; "
-                f"the data has {len(data.gen_cond)}"
+                f"{m + n_ctrl} generated items of split {split!r} need {needed} generation "
+                f"conditions; the data has {len(data.gen_cond)}"
             )
         order = torch.randperm(len(data.gen_cond), generator=rng.generator("gen-cond", cfg.seed))
+        if split == "tune":
+            order = order.flip(0)
     plan = {}
     for subset, offset, count in (("target", 0, m), ("control", m, n_ctrl)):
         seeds = torch.arange(base + offset, base + offset + count)
@@ -36,7 +48,8 @@ def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
             labels = order[offset : offset + count]
             cond = data.gen_cond[labels]
         elif data.conditional:
-            labels = torch.arange(offset, offset + count) % data.cond_dim
+            first = offset + (1 if split == "tune" else 0)  # tuning items start one class later
+            labels = torch.arange(first, first + count) % data.cond_dim
             cond = (
                 torch.stack([data.condition_for_label(int(c)) for c in labels]) if count else None
             )

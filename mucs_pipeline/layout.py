@@ -33,6 +33,13 @@ def config_hash(*parts: Any) -> str:
     ]
 
 
+def conf_dir() -> Path:
+    """The Hydra config tree this process composes from (source checkout or wheel copy)."""
+    from mucs_pipeline.__main__ import CONFIG_PATH
+
+    return (Path(__file__).parent / CONFIG_PATH).resolve()
+
+
 def code_version() -> str:
     try:
         pkg = version("mucs_pipeline")
@@ -112,10 +119,28 @@ class Layout:
         )
 
     def method_cfg(self, method: str) -> DictConfig:
-        """The config of `method`: the selected one, or the random baseline's defaults."""
+        """The config of `method`: the selected one, or the defaults of its file in
+        conf/method/ (random, an ensemble's components), with an ensemble's `overrides`."""
         if method == self.cfg.method.name:
             return self.cfg.method
-        return OmegaConf.create({"name": method})
+        path = conf_dir() / "method" / f"{method}.yaml"
+        if not path.exists():
+            raise ValueError(f"method {method!r}: no config file {path}")
+        defaults = OmegaConf.load(path)
+        overrides = self.cfg.method.get("overrides") or {}
+        if method in overrides:
+            defaults = OmegaConf.merge(defaults, overrides[method])
+        # Resolved against the run config, for interpolations such as ${paths.weights_dir}.
+        run = OmegaConf.to_container(self.cfg, resolve=False)
+        run["method"] = OmegaConf.to_container(defaults, resolve=False)
+        return OmegaConf.create(OmegaConf.to_container(OmegaConf.create(run).method, resolve=True))
+
+    def components(self, method: str) -> list[str]:
+        """The methods whose scores an ensemble method combines (none for other methods)."""
+        cfg = self.method_cfg(method)
+        if cfg.get("kind", cfg.name) != "ensemble":
+            return []
+        return [name for name, w in cfg.weights.items() if w]
 
     def key(self, stage: str, method: str | None = None) -> str:
         if (stage, method) in self.keys:
@@ -128,6 +153,7 @@ class Layout:
                 self.method_cfg(method),
                 cfg.pretrain,
                 cfg.trainer.bf16_scoring,  # scoring precision changes the scores
+                *[self.key("attribute", c) for c in self.components(method)],
             )
         elif stage == "retrain":
             k = config_hash(
@@ -233,11 +259,13 @@ class Layout:
 
     def upstream(self, stage: str, method: str | None) -> list[tuple[str, str | None]]:
         """The (stage, method) units whose artifacts `stage` reads."""
+        if stage == "attribute":
+            components = [("attribute", c) for c in self.components(method)]
+            return [("generate", None), ("null_loss", None), ("pretrain", None), *components]
         return {
             "pretrain": [],
             "generate": [("pretrain", None)],
             "null_loss": [],
-            "attribute": [("generate", None), ("null_loss", None), ("pretrain", None)],
             "retrain": [("attribute", method)],
             "regenerate": [("retrain", method), ("generate", None)],
             "evaluate": [("regenerate", m) for m in self.methods] + [("generate", None)],

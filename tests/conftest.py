@@ -38,6 +38,24 @@ MICRO = [
 ]
 
 
+# Micro settings of the baselines; an ensemble passes them to its components.
+_GRAD = "{num_noises: 8, proj_dim: 256, chunk: 4}"
+_ASCENT = "{num_noises: 8, ga_draws: 16}"
+METHOD_MICRO = {
+    "dtrak": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
+    "das": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
+    "forward_inf": ["method.num_noises=8", "method.ga_draws=16"],
+    "abu": ["method.num_noises=8", "method.ga_draws=16"],
+    "ensemble": [
+        f"+method.overrides.dtrak={_GRAD}",
+        f"+method.overrides.das={_GRAD}",
+        f"+method.overrides.forward_inf={_ASCENT}",
+        f"+method.overrides.abu={_ASCENT}",
+        "+method.overrides.mucs={max_steps: 3, num_noises: 10, batch_size: 20, ga_draws: 20}",
+    ],
+}
+
+
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """The real config with micro settings, writing under tmp_path.
 
@@ -50,9 +68,50 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = [f"paths.runs_dir={tmp_path}", *overrides]
         no_method = [o for o in micro if not o.startswith("method.")]
-        if compose("config", overrides=[*no_method, *base]).method.name != "mucs":
-            micro = no_method
+        method = compose("config", overrides=[*no_method, *base]).method
+        if method.name != "mucs":
+            micro = no_method + METHOD_MICRO.get(method.get("kind", method.name), [])
         return compose("config", overrides=[*micro, *base])
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(cfg, data, edm, F1, tmp): the default tiny DiT trained long enough to tell
+    individual digits apart; shared by the MUCS and baseline tests."""
+    from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.models import EDM
+    from mucs_pipeline.training import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = make_cfg(
+        tmp,
+        "dataset.subset=200",
+        "pretrain.steps=400",
+        "model=dit_tiny",
+        "pretrain.ema_decay=0.99",  # an EMA horizon that fits 400 steps
+        "method.num_noises=20",
+        "method.max_steps=150",
+    )
+    data, edm = build_dataset(cfg.dataset), EDM()
+    net = train(cfg, data, edm, tmp / "pretrain", steps=cfg.pretrain.steps)
+    return cfg, data, edm, net, tmp
+
+
+def context(trained, loss_null: float, cache_dir, **kwargs):
+    """A method Context around the trained fixture."""
+    from mucs_pipeline.attribution import Context
+
+    cfg, data, edm, f1, _ = trained
+    return Context(
+        cfg=cfg,
+        data=data,
+        diffusion=edm,
+        net=f1,
+        loss_null=loss_null,
+        device=torch.device("cpu"),
+        cache_dir=cache_dir,
+        **kwargs,
+    )
 
 
 @pytest.fixture(autouse=True)

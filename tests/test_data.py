@@ -141,7 +141,7 @@ def test_generated_items_take_test_captions(tmp_path):
     from mucs_pipeline.data import ImageData
     from mucs_pipeline.generation import item_plan
 
-    gen_cond = torch.randn(7, 5)
+    gen_cond = torch.randn(10, 5)
     data = ImageData(
         x=torch.zeros(3, 3, 8, 8), labels=None, cond=torch.zeros(3, 5), gen_cond=gen_cond
     )
@@ -150,6 +150,12 @@ def test_generated_items_take_test_captions(tmp_path):
     picked = torch.cat([plan["target"]["labels"], plan["control"]["labels"]])
     assert len(set(picked.tolist())) == 6  # distinct test captions
     assert torch.equal(plan["target"]["cond"], gen_cond[plan["target"]["labels"]])
-    cfg.generate.num_items = 6
+    tune = item_plan(OmegaConf.merge(cfg, {"generate": {"num_items": 2, "split": "tune"}}), data)
+    tune_picked = torch.cat([tune["target"]["labels"], tune["control"]["labels"]])
+    assert not set(tune_picked.tolist()) & set(picked.tolist())  # disjoint from the evaluated
+    assert not set(tune["target"]["seeds"].tolist()) & set(plan["target"]["seeds"].tolist())
+    with pytest.raises(ValueError, match="generation conditions"):  # 2 x 6 tuning > 10
+        item_plan(OmegaConf.merge(cfg, {"generate": {"split": "tune"}}), data)
+    cfg.generate.num_items = 9
     with pytest.raises(ValueError, match="generation conditions"):
         item_plan(cfg, data)

@@ -1,46 +1,11 @@
 """MUCS unlearning and attribution on a briefly trained micro model."""
 
-import pytest
 import torch
-from conftest import make_cfg
+from conftest import context
 
-from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.attribution import build_method
 from mucs_pipeline.attribution.unlearn import select_parameters, unlearn
-from mucs_pipeline.data import build_dataset
-from mucs_pipeline.models import EDM
 from mucs_pipeline.stages.null_loss import estimate_loss_null
-from mucs_pipeline.training import train
-
-
-def context(trained, loss_null: float, cache_dir) -> Context:
-    cfg, data, edm, f1, _ = trained
-    return Context(
-        cfg=cfg,
-        data=data,
-        diffusion=edm,
-        net=f1,
-        loss_null=loss_null,
-        device=torch.device("cpu"),
-        cache_dir=cache_dir,
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mucs")
-    # The default tiny DiT, trained long enough to tell individual digits apart.
-    cfg = make_cfg(
-        tmp,
-        "dataset.subset=200",
-        "pretrain.steps=400",
-        "model=dit_tiny",
-        "pretrain.ema_decay=0.99",  # an EMA horizon that fits 400 steps
-        "method.num_noises=20",
-        "method.max_steps=150",
-    )
-    data, edm = build_dataset(cfg.dataset), EDM()
-    net = train(cfg, data, edm, tmp / "pretrain", steps=cfg.pretrain.steps)
-    return cfg, data, edm, net, tmp
 
 
 def test_loss_null_reflects_data_energy(trained):

@@ -23,6 +23,7 @@ class Context:
     loss_null: float
     device: torch.device
     cache_dir: Path  # per-run cache for quantities shared by all generated items
+    components: dict[str, torch.Tensor] | None = None  # ensembles: other methods' (m, |Z|) scores
 
 
 class Method:
@@ -33,6 +34,9 @@ class Method:
     def __init__(self, cfg: DictConfig, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
 
+    def prepare(self, images: torch.Tensor, cond: torch.Tensor | None) -> None:
+        """Work shared by all generated items (m, C, H, W), done once before scoring them."""
+
     def score(
         self, index: int, x_hat: torch.Tensor, c_hat: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict]:
@@ -40,11 +44,17 @@ class Method:
 
 
 def build_method(cfg: DictConfig, ctx: Context) -> Method:
+    """The method of a method config (`kind` when several configs share one class)."""
+    from mucs_pipeline.attribution.ascent import AbU, ForwardINF
+    from mucs_pipeline.attribution.dtrak import DAS, DTRAK
+    from mucs_pipeline.attribution.ensemble import Ensemble
     from mucs_pipeline.attribution.mucs import MUCS
-    from mucs_pipeline.attribution.pixel import Pixel
     from mucs_pipeline.attribution.random import Random
+    from mucs_pipeline.attribution.similarity import CLIP, DINO, Condition, Pixel
 
-    methods = {m.name: m for m in (MUCS, Pixel, Random)}
-    if cfg.name not in methods:
-        raise ValueError(f"method.name={cfg.name!r}: expected one of {sorted(methods)}")
-    return methods[cfg.name](cfg, ctx)
+    classes = (MUCS, Random, Pixel, Condition, CLIP, DINO, DTRAK, DAS, ForwardINF, AbU, Ensemble)
+    methods = {m.name: m for m in classes}
+    kind = cfg.get("kind", cfg.name)
+    if kind not in methods:
+        raise ValueError(f"method.name={kind!r}: expected one of {sorted(methods)}")
+    return methods[kind](cfg, ctx)

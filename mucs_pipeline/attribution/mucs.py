@@ -6,7 +6,12 @@ import logging
 
 from mucs_pipeline import layout as io
 from mucs_pipeline.attribution.base import Context, Method
-from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.scoring import (
+    cached_loss_matrix,
+    loss_matrix,
+    noise_bank,
+    normalized_skew,
+)
 from mucs_pipeline.attribution.unlearn import unlearn
 
 log = logging.getLogger(__name__)
@@ -32,18 +37,11 @@ class MUCS(Method):
         )  # fmt: skip
 
     def _f1_losses(self):
-        """F1 losses do not depend on the generated item: computed once per run, cached on disk."""
         key = io.config_hash(
-            self.cfg.num_noises, self.cfg.schedule_fraction, self.ctx.cfg.seed,
+            "mucs", self.cfg.num_noises, self.cfg.schedule_fraction, self.ctx.cfg.seed,
             self.ctx.cfg.trainer.bf16_scoring,
         )  # fmt: skip
-        path = self.ctx.cache_dir / f"f1_losses-{key}.pt"
-        if path.exists():
-            return io.load(path)
-        losses = self._losses(self.ctx.net, "F1 losses")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.atomic_save(losses, path)
-        return losses
+        return cached_loss_matrix(self.ctx, self.bank, key, self.cfg.score_batch)
 
     def score(self, index, x_hat, c_hat):
         ctx = self.ctx

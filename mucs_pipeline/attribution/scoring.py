@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
@@ -34,6 +35,15 @@ def noise_bank(
     sigma = diffusion.schedule(total)[:num_noises].float()
     noise = torch.randn((num_noises, *shape), generator=rng.generator("noise-bank", seed))
     return NoiseBank(sigma=sigma, noise=noise)
+
+
+def training_bank(
+    diffusion: Diffusion, shape: tuple[int, ...], num_noises: int, seed: int, name: str
+) -> NoiseBank:
+    """|N| (sigma, n) pairs from the training distributions, fixed by (name, seed)."""
+    gen = rng.generator("training-bank", name, seed)
+    sigma = diffusion.training_sigma(num_noises, gen).float()
+    return NoiseBank(sigma=sigma, noise=torch.randn((num_noises, *shape), generator=gen))
 
 
 @torch.inference_mode()
@@ -73,6 +83,26 @@ def loss_matrix(
             )
         out[start : start + b] = losses.view(b, n_pairs).float().cpu()
     return out
+
+
+def cached_loss_matrix(
+    ctx, bank: NoiseBank, key: str, batch_pairs: int, desc: str = "F1 losses"
+) -> torch.Tensor:
+    """F1's loss matrix on `bank`, computed once per run and kept in the run cache.
+
+    F1 losses do not depend on the generated item, so every item reuses them; `key` must
+    name everything the bank depends on.
+    """
+    path = ctx.cache_dir / f"f1_losses-{key}.pt"
+    if path.exists():
+        return io.load(path)
+    losses = loss_matrix(
+        ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.device, desc=desc,
+        bf16=ctx.cfg.trainer.bf16_scoring,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.atomic_save(losses, path)
+    return losses
 
 
 def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:

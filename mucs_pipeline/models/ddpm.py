@@ -30,11 +30,13 @@ class DDPM(Diffusion):
         """The predicted noise epsilon(x_t, t)."""
         return net(x.float(), sigma.float().reshape(-1) / self.T, cond).float()
 
+    def output(self, net, x, cond, sigma, noise):
+        a = self.alpha(sigma).float().reshape(-1, 1, 1, 1)
+        return self.predict(net, a.sqrt() * x + (1 - a).sqrt() * noise, sigma, cond)
+
     def loss(self, net, x, cond, sigma, noise):
         """||n - F(sqrt(alpha) x + sqrt(1 - alpha) n, t)||^2, mean over pixels (paper Sec. 2.1)."""
-        a = self.alpha(sigma).float().reshape(-1, 1, 1, 1)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * noise
-        return (noise - self.predict(net, x_t, sigma, cond)).square().flatten(1).mean(dim=1)
+        return (noise - self.output(net, x, cond, sigma, noise)).square().flatten(1).mean(dim=1)
 
     def training_sigma(self, n, generator):
         """t uniform over the T timesteps."""

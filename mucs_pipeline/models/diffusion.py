@@ -32,6 +32,21 @@ class Diffusion:
         """L(z, sigma, n, F) per sample, mean over pixels: (N,)."""
         raise NotImplementedError
 
+    def output(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """The network's raw output at the noised input, (N, C, H, W) float32.
+
+        The epsilon of DDPM, the velocity of flow matching, EDM's preconditioned F: the
+        function whose gradients D-TRAK (its squared norm) and DAS (its mean) use.
+        """
+        raise NotImplementedError
+
     def training_sigma(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n noise levels from the training distribution."""
         raise NotImplementedError

@@ -51,6 +51,12 @@ class EDM(Diffusion):
         err = (D_x - x).square().flatten(1).mean(dim=1)  # (N,)
         return self.loss_weight(sigma) * err
 
+    def output(self, net, x, cond, sigma, noise):
+        sigma = sigma.float().reshape(-1)
+        _, _, c_in, c_noise = self.precond(sigma)
+        x_t = x.float() + sigma.reshape(-1, 1, 1, 1) * noise
+        return net(c_in.reshape(-1, 1, 1, 1) * x_t, c_noise, cond).float()
+
     def training_sigma(self, n, generator):
         """ln(sigma) ~ N(P_mean, P_std^2)."""
         return (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()

@@ -21,11 +21,15 @@ class Flow(Diffusion):
         """The predicted velocity v(x_t, t)."""
         return net(x.float(), sigma.float().reshape(-1), cond).float()
 
+    def output(self, net, x, cond, sigma, noise):
+        t = sigma.float().reshape(-1, 1, 1, 1)
+        return self.predict(net, (1 - t) * x + t * noise, sigma, cond)
+
     def loss(self, net, x, cond, sigma, noise):
         """||(n - x) - F(x_t, t)||^2, mean over pixels."""
-        t = sigma.float().reshape(-1, 1, 1, 1)
-        x_t = (1 - t) * x + t * noise
-        return ((noise - x) - self.predict(net, x_t, sigma, cond)).square().flatten(1).mean(dim=1)
+        return (
+            ((noise - x) - self.output(net, x, cond, sigma, noise)).square().flatten(1).mean(dim=1)
+        )
 
     def training_sigma(self, n, generator):
         """Logit-normal t (Esser et al. 2024): sigmoid of N(t_mean, t_std^2)."""

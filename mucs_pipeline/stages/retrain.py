@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import layout as io
+from mucs_pipeline import rng
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
 
@@ -14,15 +15,21 @@ def top_k(num_items: int, k_fraction: float) -> int:
     return max(1, round(k_fraction * num_items))
 
 
-def removal_set(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted union over generated items of each item's k highest-scored training items."""
-    return scores.topk(k, dim=1).indices.flatten().unique()
+def removal_set(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted union over generated items of each item's k highest-scored training items.
+
+    Ties (Condition's one-hot cosines are all 0 or 1) are broken in a seeded random order,
+    not by index, so that a tied top-k is a random draw from the tied items.
+    """
+    order = torch.randperm(scores.shape[1], generator=rng.generator("tie-break", seed))
+    ranked = torch.sort(scores[:, order], dim=1, descending=True, stable=True).indices
+    return order[ranked[:, :k]].flatten().unique()
 
 
 def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     data = common.dataset(cfg)
     scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
-    removed = removal_set(scores, top_k(len(data), cfg.evaluate.k_fraction))
+    removed = removal_set(scores, top_k(len(data), cfg.evaluate.k_fraction), cfg.seed)
     if len(removed) >= len(data):
         raise ValueError(
             f"evaluate.k_fraction={cfg.evaluate.k_fraction} removes the whole training set; "

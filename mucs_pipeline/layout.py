@@ -101,22 +101,18 @@ class Layout:
         self.keys["generate", None] = config_hash(self.keys["pretrain", None], cfg.generate)
         self.keys["null_loss", None] = config_hash(*model, cfg.null_loss)
 
-    def experiment_key(self) -> str:
-        """What makes runs of different seeds comparable and poolable: the config minus the seed."""
+    def comparison_key(self) -> str:
+        """What makes runs of different methods comparable side by side (one paper table):
+        the config minus the method and the seed."""
         c = self.cfg
         return config_hash(
-            c.name,
-            c.dataset,
-            c.model,
-            c.diffusion,
-            c.pretrain,
-            c.generate,
-            c.null_loss,
-            c.method,
-            c.retrain,
-            c.evaluate,
-            c.metric,
-        )
+            c.name, c.dataset, c.model, c.diffusion, c.pretrain, c.generate, c.null_loss,
+            c.retrain, c.evaluate, c.metric,
+        )  # fmt: skip
+
+    def experiment_key(self) -> str:
+        """What makes runs of different seeds poolable: the config minus the seed."""
+        return config_hash(self.comparison_key(), self.cfg.method)
 
     def method_cfg(self, method: str) -> DictConfig:
         """The config of `method`: the selected one, or the defaults of its file in

@@ -1,9 +1,18 @@
-"""`python -m mucs_pipeline.report <runs dir>`: pool the items of every seed of an experiment.
+"""`python -m mucs_pipeline.report <runs dir>`: the paper's tables and figures from finished runs.
 
 The paper pools 6 runs x 20 items. This finds every finished evaluate stage under the
-folder, groups them by experiment (the config minus the seed), concatenates their
-per-item similarities and writes pooled results.csv / results.md per group under
-`<runs dir>/report/<name>-<method>-<experiment key>/`.
+folder and writes, under `<runs dir>/report/`:
+
+- per experiment (the config minus the seed), `<name>-<method>-<experiment key>/`: the
+  pooled results.csv / results.md of that method against random removal;
+- per comparison (the config minus method and seed: the methods of one paper table),
+  `<name>-<comparison key>/`: Table 1 (AUC), Table 5 (App. B.1 differences), control
+  items, Table 6 (time per item), Table 7 (top-k overlap between items), Table 8
+  (between methods), Tables 3/9 (ensembles), each as .md, .csv and .tex, and the
+  figures: similarity distributions (Fig. 2), ROC curves, reference vs regenerated
+  grids (Figs. 3-5), MUCS unlearning trajectories, top-k training items per item.
+
+`--wandb` also logs every table and figure to one W&B run (offline unless configured).
 """
 
 from __future__ import annotations
@@ -65,12 +74,311 @@ def report(root: Path, alpha: float = 0.01) -> list[Path]:
     return written
 
 
+# Row order of the paper's tables; other methods follow alphabetically.
+ORDER = [
+    "random",
+    "condition",
+    "pixel",
+    "clip",
+    "dino",
+    "dtrak",
+    "das",
+    "forward_inf",
+    "abu",
+    "mucs",
+]
+WEIGHT_COLUMNS = [
+    "mucs",
+    "das",
+    "dtrak",
+    "dino",
+    "clip",
+    "condition",
+    "pixel",
+    "forward_inf",
+    "abu",
+]
+
+
+def _order(methods) -> list[str]:
+    return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+def write_table(rows: list[dict], columns: list[str], base: Path, caption: str) -> str:
+    """base.md, base.csv and base.tex of one table; returns the Markdown."""
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    md = [f"{caption}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(row) + " |" for row in cells]
+    markdown = "\n".join(md) + "\n"
+    io.atomic_write_text(base.with_suffix(".md"), markdown)
+    csv_lines = [",".join(columns)] + [",".join(row) for row in cells]
+    io.atomic_write_text(base.with_suffix(".csv"), "\n".join(csv_lines) + "\n")
+
+    def tex(text: str) -> str:
+        return text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")
+
+    body = [" & ".join(tex(c) for c in row) + " \\\\" for row in cells]
+    latex = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{tex(caption)}}}",
+        "\\begin{tabular}{" + "l" + "r" * (len(columns) - 1) + "}",
+        "\\toprule",
+        " & ".join(tex(c) for c in columns) + " \\\\",
+        "\\midrule",
+        *body,
+        "\\bottomrule",
+        "\\end{tabular}",
+        "\\end{table}",
+    ]
+    io.atomic_write_text(base.with_suffix(".tex"), "\n".join(latex) + "\n")
+    return markdown
+
+
+def find_comparisons(root: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """Finished evaluations grouped by (name, comparison key), then by method; each run is
+    its run.json plus its folder, sorted by seed."""
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for info_path in sorted(root.rglob("evaluate/*/run.json")):
+        folder = info_path.parent
+        info = json.loads(info_path.read_text())
+        if not (folder / "manifest.json").exists() or "comparison_key" not in info:
+            continue
+        groups[info["name"], info["comparison_key"]][info["method"]].append(
+            {**info, "folder": folder}
+        )
+    return {
+        k: {m: sorted(runs, key=lambda r: r["seed"]) for m, runs in v.items()}
+        for k, v in groups.items()
+    }
+
+
+def comparison_report(
+    name: str, key: str, by_method: dict[str, list[dict]], out: Path, alpha: float
+):
+    """Every table and figure of one comparison; returns {table name: markdown}."""
+    from mucs_pipeline.evaluation import figures
+    from mucs_pipeline.evaluation.stats import (
+        mean_ci,
+        overlap_between_methods,
+        pair_overlaps,
+        top_k_sets,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    methods = _order(by_method)
+    pooled = {m: pool([r["folder"] for r in by_method[m]]) for m in methods}
+    metrics = list(pooled[methods[0]]["target"][methods[0]])
+    rows = {}
+    for m in methods:
+        removed = {
+            x: sum(r["removed"][x] for r in by_method[m]) for x in by_method[m][0]["removed"]
+        }
+        rows[m] = result_rows(m, pooled[m], metrics, alpha, removed)
+    tables = {}
+
+    def per_metric(subset: str, value, mean_of: str | None) -> list[dict]:
+        """One row per method: value(row) per metric, and the mean of a numeric column."""
+        table = []
+        for m in methods:
+            r = {x["metric"]: x for x in rows[m] if x["subset"] == subset}
+            if not r:
+                continue
+            line = {"method": m, "runs": len(by_method[m]), "items": r[metrics[0]]["n_items"]}
+            line.update({metric: value(r[metric]) for metric in metrics})
+            if mean_of:
+                line["mean"] = sum(r[x][mean_of] for x in metrics) / len(metrics)
+            table.append(line)
+        return table
+
+    def auc(r):
+        return f"{r['auc']:.3f}" + ("*" if r["significant"] else "")
+
+    def diff(r):
+        return f"{r['diff_pct']:.1f}±{r['diff_ci']:.1f}"
+
+    def control(r):
+        return f"{r['auc']:.3f} (p={r['p_value']:.2g})"
+
+    cols = ["method", "runs", "items", *metrics, "mean"]
+    tables["table1_auc"] = write_table(
+        per_metric("target", auc, "auc"), cols, out / "table1_auc",
+        f"AUC against random removal ({name}); * one-sided Mann-Whitney U p < {alpha}",
+    )  # fmt: skip
+    tables["table5_difference"] = write_table(
+        per_metric("target", diff, "diff_pct"), cols, out / "table5_difference",
+        "Average normalised similarity difference (%, App. B.1) with 95% CI; lower = more change",
+    )  # fmt: skip
+    tables["control"] = write_table(
+        per_metric("control", control, None), cols[:-1], out / "control",
+        "Control items (generated, not attributed): AUC and two-sided p; expected near 0.5",
+    )  # fmt: skip
+
+    # Table 6: amortised attribution time per item, from the scores artifacts.
+    time_rows, sets = [], {}
+    for m in methods:
+        per_run = []
+        for r in by_method[m]:
+            for method, folder in r["attribute"].items():
+                s = io.load(Path(folder) / "scores.pt")
+                seconds = s["seconds"].mean().item() + s.get("setup_seconds", 0.0) / len(
+                    s["seconds"]
+                )
+                sets.setdefault(method, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
+                if method == m:
+                    per_run.append(seconds)
+        mean, ci = mean_ci(per_run)
+        time_rows.append(
+            {
+                "method": m,
+                "runs": len(per_run),
+                "seconds per item": f"{mean:.2f}±{ci:.2f}",
+                "minutes per item": mean / 60,
+            }
+        )
+    tables["table6_time"] = write_table(
+        time_rows, ["method", "runs", "seconds per item", "minutes per item"], out / "table6_time",
+        "Amortised attribution time per generated item (shared setup / m + per-item time)",
+    )  # fmt: skip
+
+    # Table 7: top-k overlap between the items of each run; Table 8: between methods.
+    k = by_method[methods[0]][0]["k"]
+    overlap_rows = []
+    for m in _order(sets):
+        # Pairs are formed within a run (one F1) and pooled over runs.
+        pairs = [v for run_sets in sets[m].values() for v in pair_overlaps(run_sets, k)]
+        mean, ci = mean_ci(pairs) if pairs else (float("nan"), 0.0)
+        overlap_rows.append(
+            {"method": m, "runs": len(sets[m]), "overlap %": f"{mean:.1f}±{ci:.1f}"}
+        )
+    tables["table7_overlap_items"] = write_table(
+        overlap_rows, ["method", "runs", "overlap %"], out / "table7_overlap_items",
+        f"Top-k overlap (%) between generated items (k = {k}; random expects 100 k / |Z|)",
+    )  # fmt: skip
+    names = _order(sets)
+    matrix = []
+    for a in names:
+        line = {"method": a}
+        for b in names:
+            seeds = sorted(set(sets[a]) & set(sets[b]))
+            values = [overlap_between_methods(sets[a][s], sets[b][s], k) for s in seeds]
+            line[b] = f"{sum(values) / len(values):.1f}" if values and a != b else "-"
+        matrix.append(line)
+    tables["table8_overlap_methods"] = write_table(
+        matrix, ["method", *names], out / "table8_overlap_methods",
+        "Top-k overlap (%) between methods on the same generated item",
+    )  # fmt: skip
+
+    # Tables 3/9: MUCS as reference R and every ensemble, with their weights.
+    ens = [m for m in methods if by_method[m][0]["method_cfg"].get("kind") == "ensemble"]
+    if ens:
+        ens_rows = []
+        for m in (["mucs"] if "mucs" in methods else []) + ens:
+            weights = by_method[m][0]["method_cfg"].get("weights", {"mucs": 10})
+            r = {x["metric"]: x for x in rows[m] if x["subset"] == "target"}
+            line = {"method": m, **{w: weights.get(w, 0) for w in WEIGHT_COLUMNS}}
+            line.update({metric: auc(r[metric]) for metric in metrics})
+            line["mean"] = sum(r[x]["auc"] for x in metrics) / len(metrics)
+            ens_rows.append(line)
+        tables["table3_ensembles"] = write_table(
+            ens_rows, ["method", *WEIGHT_COLUMNS, *metrics, "mean"], out / "table3_ensembles",
+            "Rank ensembles (App. A.4) against MUCS alone: weights and AUC",
+        )  # fmt: skip
+
+    # Figures, from the pooled similarities and the first run of each method.
+    target = {m: pooled[m]["target"][m] for m in methods}
+    target[io.BASELINE] = pooled[methods[0]]["target"][io.BASELINE]
+    for metric in metrics:
+        figures.similarity_distributions(
+            target, io.BASELINE, metric, out / f"fig_similarity_{metric}.png"
+        )
+        figures.roc_curves(target, io.BASELINE, metric, out / f"fig_roc_{metric}.png")
+    first = by_method[methods[0]][0]
+    original = io.load(Path(first["generate"]) / "items.pt")["target"]["images"]
+    grid = [original]
+    for m in [*methods, io.BASELINE]:
+        runs = [r for r in by_method.get(m, by_method[methods[0]]) if r["seed"] == first["seed"]]
+        if runs:
+            grid.append(io.load(Path(runs[0]["regenerate"][m]) / "items.pt")["target"]["images"])
+    figures.save_grid(grid, out / "fig_regenerations.png")
+    if "mucs" in by_method:
+        scores = io.load(Path(by_method["mucs"][0]["attribute"]["mucs"]) / "scores.pt")
+        figures.trajectories(scores["trajectories"], None, out / "fig_mucs_trajectories.png")
+    _top_k_figure(by_method, methods, out)
+    return tables
+
+
+def _top_k_figure(
+    by_method: dict[str, list[dict]],
+    methods: list[str],
+    out: Path,
+    n_items: int = 4,
+    n_top: int = 8,
+):
+    """Per method: each of the first generated items next to its top training items."""
+    from omegaconf import OmegaConf
+
+    from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.evaluation.figures import save_grid
+    from mucs_pipeline.stages.retrain import top_k_indices
+
+    first = by_method[methods[0]][0]
+    data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
+    items = io.load(Path(first["generate"]) / "items.pt")["target"]["images"][:n_items]
+    for m in methods:
+        run = by_method[m][0]
+        scores = io.load(Path(run["attribute"][m]) / "scores.pt")["scores"][:n_items]
+        top = top_k_indices(scores, n_top, run["seed"])
+        rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
+        save_grid(rows, out / f"fig_top_k_{m}.png")
+
+
+def report_comparisons(root: Path, alpha: float = 0.01, use_wandb: bool = False) -> list[Path]:
+    written = []
+    for (name, key), by_method in find_comparisons(root).items():
+        out = root / "report" / f"{name}-{key}"
+        tables = comparison_report(name, key, by_method, out, alpha)
+        print(f"\n{name}, comparison {key}: {', '.join(_order(by_method))} -> {out}")
+        print(tables["table1_auc"])
+        if use_wandb:
+            log_report_wandb(name, key, out)
+        written.append(out)
+    return written
+
+
+def log_report_wandb(name: str, key: str, out: Path) -> None:
+    """The report's tables (wandb.Table) and figures (wandb.Image) in one W&B run."""
+    import csv as csv_module
+
+    import wandb
+
+    run = wandb.init(
+        project="mucs_pipeline", group=name, job_type="report", name=f"{name}-{key}-report",
+        dir=str(out), reinit="finish_previous",
+    )  # fmt: skip
+    for path in sorted(out.glob("*.csv")):
+        with open(path) as f:
+            rows = list(csv_module.reader(f))
+        run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
+    for path in sorted(out.glob("fig_*.png")):
+        run.log({path.stem: wandb.Image(str(path))})
+    run.finish()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path, help="a runs folder (paths.runs_dir) or part of it")
     parser.add_argument("--alpha", type=float, default=0.01, help="significance level")
+    parser.add_argument("--wandb", action="store_true", help="also log tables and figures to W&B")
     args = parser.parse_args()
     report(args.runs_dir, args.alpha)
+    report_comparisons(args.runs_dir, args.alpha, args.wandb)
 
 
 if __name__ == "__main__":

@@ -161,10 +161,16 @@ class DiffusionTraining(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def make_trainer(cfg: DictConfig, folder: Path | None, max_steps: int, **kwargs) -> L.Trainer:
-    """A Lightning Trainer from the trainer group; checkpoints go to `folder`/checkpoints."""
+def make_trainer(
+    cfg: DictConfig, folder: Path | None, max_steps: int, job_type: str | None = None, **kwargs
+) -> L.Trainer:
+    """A Lightning Trainer from the trainer group; checkpoints go to `folder`/checkpoints.
+
+    With a folder, metrics go to `folder`/logs/metrics.csv and, with logger=wandb, to a W&B
+    run of job type `job_type` grouped by experiment name (offline unless configured).
+    """
     callbacks = list(kwargs.pop("callbacks", []))
-    logger = False
+    logger: bool | list = False
     if folder is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
         from lightning.pytorch.loggers import CSVLogger
@@ -179,7 +185,21 @@ def make_trainer(cfg: DictConfig, folder: Path | None, max_steps: int, **kwargs)
                 enable_version_counter=False,
             )
         )
-        logger = CSVLogger(folder, name="logs", version="")
+        logger = [CSVLogger(folder, name="logs", version="")]
+        if cfg.logger.name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            logger.append(
+                WandbLogger(
+                    project=cfg.logger.project,
+                    group=cfg.name,
+                    job_type=job_type,
+                    name=f"{cfg.name}-seed{cfg.seed}-{job_type}-{folder.name}",
+                    save_dir=str(folder),
+                    offline=cfg.logger.mode == "offline",
+                    config={"stage": job_type, "seed": cfg.seed},
+                )
+            )
     return L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -203,13 +223,18 @@ def train(
     folder: Path,
     steps: int,
     weights: torch.Tensor | None = None,
+    job_type: str = "pretrain",
 ) -> torch.nn.Module:
     """Train `steps` updates from the run's init (resuming a checkpoint); return the EMA net."""
     net = init_model(cfg, data, cfg.seed)
     module = DiffusionTraining(net, diffusion, data, cfg.pretrain, cfg.seed, weights)
-    trainer = make_trainer(cfg, folder, steps)
+    trainer = make_trainer(cfg, folder, steps, job_type=job_type)
     last = folder / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
     trainer.fit(module, ckpt_path=str(last) if last.exists() else None)
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()  # one W&B run per stage job, also within a multirun process
     return copy.deepcopy(module.ema.module).cpu().eval()

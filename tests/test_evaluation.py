@@ -62,3 +62,36 @@ def test_ssim_matches_scikit_image_with_the_same_window():
             use_sample_covariance=False, data_range=2.0, channel_axis=0,
         )  # fmt: skip
         assert ours[i].item() == pytest.approx(ref, abs=1e-5)
+
+
+def test_normalized_difference_matches_a_hand_computation():
+    from mucs_pipeline.evaluation.stats import normalized_difference
+
+    # median(random) = 0.8; items 0.6, 0.8, 1.0 -> -25%, 0%, +25%: mean 0, sd 25
+    mean, ci = normalized_difference(np.array([0.6, 0.8, 1.0]), np.array([0.7, 0.8, 0.9]))
+    assert mean == pytest.approx(0.0, abs=1e-9)
+    assert ci == pytest.approx(4.302653 * 25 / np.sqrt(3), rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    # Negative similarities (-MSE): more error than random is still a negative difference.
+    mean, _ = normalized_difference(np.array([-0.2, -0.2]), np.array([-0.1, -0.1]))
+    assert mean == pytest.approx(-100.0)
+
+
+def test_top_k_overlaps_on_constructed_sets():
+    from mucs_pipeline.evaluation.stats import overlap_between_methods, pair_overlaps, top_k_sets
+
+    a = [{0, 1, 2, 3}, {2, 3, 4, 5}, {0, 1, 2, 3}]
+    assert pair_overlaps(a, 4) == [50.0, 100.0, 50.0]
+    b = [{0, 1, 8, 9}, {2, 3, 4, 5}, {7, 8, 9, 10}]
+    assert overlap_between_methods(a, b, 4) == pytest.approx((50 + 100 + 0) / 3)
+    scores = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert top_k_sets(scores, 2) == [{0, 1}, {4, 5}]
+
+
+def test_control_items_use_a_two_sided_test():
+    from mucs_pipeline.evaluation.stats import compare_two_sided
+
+    higher = np.array([0.9, 0.95, 0.99, 0.97, 0.98])  # removal raised similarity
+    lower = np.array([0.1, 0.2, 0.15, 0.12, 0.18])
+    auc, p_two = compare_two_sided(higher, lower)
+    assert auc == 0.0 and p_two < 0.05  # a change in either direction is detected
+    assert p_two == pytest.approx(mannwhitneyu(lower, higher, alternative="two-sided").pvalue)

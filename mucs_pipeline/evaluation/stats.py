@@ -1,9 +1,14 @@
-"""AUC and Mann-Whitney U of a method's similarities against random removal's."""
+"""Statistics of the evaluation: AUC and U test against random removal, App. B.1 normalised
+differences with confidence intervals, top-k overlaps (App. B.2, B.3)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from scipy.stats import mannwhitneyu
+import torch
+from scipy.stats import mannwhitneyu, sem
+from scipy.stats import t as t_dist
 from sklearn.metrics import roc_auc_score
 
 
@@ -18,3 +23,46 @@ def compare(sim_method: np.ndarray, sim_random: np.ndarray) -> tuple[float, floa
     auc = roc_auc_score(labels, -np.r_[sim_method, sim_random])
     p = mannwhitneyu(sim_random, sim_method, alternative="greater").pvalue
     return float(auc), float(p)
+
+
+def compare_two_sided(sim_method: np.ndarray, sim_random: np.ndarray) -> tuple[float, float]:
+    """(AUC, two-sided p): for control items, where removal should change nothing either way."""
+    auc, _ = compare(sim_method, sim_random)
+    p = mannwhitneyu(sim_random, sim_method, alternative="two-sided").pvalue
+    return auc, float(p)
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (0 for one value)."""
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    half = sem(values) * t_dist.ppf((1 + confidence) / 2, len(values) - 1)
+    return float(values.mean()), float(np.nan_to_num(half))
+
+
+def normalized_difference(sim_method: np.ndarray, sim_random: np.ndarray) -> tuple[float, float]:
+    """App. B.1: mean over items of 100 (s_i / median(S_random) - 1), with its 95% CI (%).
+
+    Written as 100 (s_i - median) / |median|: the same for the paper's positive
+    similarities, and still negative = more change for negative ones (-MSE).
+    """
+    median = np.median(sim_random)
+    return mean_ci(100 * (np.asarray(sim_method, float) - median) / abs(median))
+
+
+def top_k_sets(scores: torch.Tensor, k: int, seed: int = 0) -> list[set[int]]:
+    """Each generated item's top-k training items, ties broken as the retrain stage does."""
+    from mucs_pipeline.stages.retrain import top_k_indices
+
+    return [set(row.tolist()) for row in top_k_indices(scores, k, seed)]
+
+
+def pair_overlaps(sets: list[set[int]], k: int) -> list[float]:
+    """App. B.2 / Table 7: top-k overlap (%) of each of the m(m-1)/2 pairs of items."""
+    return [100 * len(a & b) / k for a, b in itertools.combinations(sets, 2)]
+
+
+def overlap_between_methods(sets_a: list[set[int]], sets_b: list[set[int]], k: int) -> float:
+    """App. B.3 / Table 8: top-k overlap (%) of two methods on the same item, averaged."""
+    return float(np.mean([100 * len(a & b) / k for a, b in zip(sets_a, sets_b, strict=True)]))

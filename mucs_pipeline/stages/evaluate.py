@@ -10,9 +10,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import layout as io
-from mucs_pipeline.evaluation.figures import save_grid
+from mucs_pipeline.evaluation.figures import save_grid, similarity_distributions
 from mucs_pipeline.evaluation.metrics import similarities
-from mucs_pipeline.evaluation.stats import compare
+from mucs_pipeline.evaluation.stats import compare, compare_two_sided, normalized_difference
+from mucs_pipeline.stages import common
+from mucs_pipeline.stages.retrain import top_k
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ COLUMNS = [
     "mean_similarity_random",
     "num_removed",
     "num_removed_random",
+    "diff_pct",
+    "diff_ci",
 ]
 
 
@@ -55,7 +59,9 @@ def result_rows(
         for metric in metric_names:
             s_m = by_method[method][metric].numpy()
             s_r = by_method[io.BASELINE][metric].numpy()
-            auc, p = compare(s_m, s_r)
+            # Targets: did removal lower similarity (one-sided)? Controls: did it change at all?
+            auc, p = (compare if subset == "target" else compare_two_sided)(s_m, s_r)
+            diff, ci = normalized_difference(s_m, s_r)
             rows.append(
                 {
                     "method": method,
@@ -69,6 +75,8 @@ def result_rows(
                     "mean_similarity_random": float(s_r.mean()),
                     "num_removed": removed[method],
                     "num_removed_random": removed[io.BASELINE],
+                    "diff_pct": diff,  # App. B.1, % (negative: more change than random)
+                    "diff_ci": ci,  # half-width of its 95% confidence interval
                 }
             )
     return rows
@@ -94,23 +102,39 @@ def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
     for subset in ("target", "control"):
         ref = original[subset]["images"]
         if len(ref):
+            device = common.device(cfg)
             sims[subset] = {
-                m: similarities(ref, regen[m][subset]["images"], cfg.metric) for m in layout.methods
+                m: similarities(ref, regen[m][subset]["images"], cfg.metric, device)
+                for m in layout.methods
             }
             io.atomic_save(sims[subset], folder / f"similarities_{subset}.pt")
     removed = {m: layout.manifest("retrain", m)["metrics"]["num_removed"] for m in layout.methods}
-    rows = result_rows(cfg.method.name, sims, list(cfg.metric.names), cfg.evaluate.alpha, removed)
+    # Metrics skipped for missing weights (metric.skip_unavailable) are absent from sims.
+    names = [n for n in cfg.metric.names if n in sims["target"][cfg.method.name]]
+    rows = result_rows(cfg.method.name, sims, names, cfg.evaluate.alpha, removed)
     write_tables(rows, folder)
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,
         "method": cfg.method.name,
         "experiment_key": layout.experiment_key(),
+        "comparison_key": layout.comparison_key(),
         "removed": removed,
+        "k": top_k(len(common.dataset(cfg)), cfg.evaluate.k_fraction),
+        # Where each method's artifacts are, for the report's tables and figures.
+        "attribute": {m: str(layout.require("attribute", m)) for m in layout.methods},
+        "regenerate": {m: str(layout.require("regenerate", m)) for m in layout.methods},
+        "generate": str(layout.require("generate")),
+        "method_cfg": OmegaConf.to_container(cfg.method, resolve=True),
+        "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
     }
     io.atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2))
     grid = [original["target"]["images"]] + [regen[m]["target"]["images"] for m in layout.methods]
     save_grid(grid, folder / "regenerations.png")
+    for metric in names:
+        similarity_distributions(
+            sims["target"], io.BASELINE, metric, folder / f"similarity_{metric}.png"
+        )
     log_wandb(cfg, rows, folder)
     return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
 
@@ -134,6 +158,8 @@ def log_wandb(cfg: DictConfig, rows: list[dict], folder: Path) -> None:
     run.log({f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")})
     run.log({"results": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])})
     run.log({"regenerations": wandb.Image(str(folder / "regenerations.png"))})
+    for path in sorted(folder.glob("similarity_*.png")):
+        run.log({path.stem: wandb.Image(str(path))})
     run.finish()
 
 

@@ -15,15 +15,20 @@ def top_k(num_items: int, k_fraction: float) -> int:
     return max(1, round(k_fraction * num_items))
 
 
-def removal_set(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Sorted union over generated items of each item's k highest-scored training items.
+def top_k_indices(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """(m, k) indices of each generated item's k highest-scored training items.
 
     Ties (Condition's one-hot cosines are all 0 or 1) are broken in a seeded random order,
     not by index, so that a tied top-k is a random draw from the tied items.
     """
     order = torch.randperm(scores.shape[1], generator=rng.generator("tie-break", seed))
     ranked = torch.sort(scores[:, order], dim=1, descending=True, stable=True).indices
-    return order[ranked[:, :k]].flatten().unique()
+    return order[ranked[:, :k]]
+
+
+def removal_set(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted union over generated items of each item's k highest-scored training items."""
+    return top_k_indices(scores, k, seed).flatten().unique()
 
 
 def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
@@ -40,10 +45,14 @@ def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     if cfg.retrain.common_random_numbers:
         # Replay pretraining's random stream; removed items get zero loss weight.
         net = train(
-            cfg, data, common.diffusion(cfg), folder, cfg.retrain.steps, weights=keep.float()
-        )
+            cfg, data, common.diffusion(cfg), folder, cfg.retrain.steps, weights=keep.float(),
+            job_type="retrain",
+        )  # fmt: skip
     else:
-        net = train(cfg, data.subset(keep), common.diffusion(cfg), folder, cfg.retrain.steps)
+        net = train(
+            cfg, data.subset(keep), common.diffusion(cfg), folder, cfg.retrain.steps,
+            job_type="retrain",
+        )  # fmt: skip
     io.atomic_save(removed, folder / "removed.pt")
     io.atomic_save(net.state_dict(), folder / "ema.pt")
     return {"num_removed": len(removed), "fraction_removed": len(removed) / len(data)}

@@ -1,0 +1,117 @@
+"""The report command: the paper's tables and figures from a folder of finished runs."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+from conftest import make_cfg
+
+from mucs_pipeline import pipeline
+from mucs_pipeline.report import find_comparisons, report_comparisons
+
+TABLES = [
+    "table1_auc",
+    "table5_difference",
+    "control",
+    "table6_time",
+    "table7_overlap_items",
+    "table8_overlap_methods",
+    "table3_ensembles",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two seeds of MUCS, one of pixel and one ensemble of the two, on micro settings."""
+    tmp = tmp_path_factory.mktemp("report")
+    for seed in (0, 1):
+        pipeline.run(make_cfg(tmp, f"seed={seed}"))
+    pipeline.run(make_cfg(tmp, "+experiment=digits_pixel"))
+    weights = [f"method.weights.{m}=0" for m in ("das", "dtrak", "forward_inf", "condition")]
+    pipeline.run(make_cfg(tmp, "+experiment=digits_ensemble", *weights))
+    return tmp
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_writes_every_table_and_figure(runs):
+    (out,) = report_comparisons(runs)
+    for table in TABLES:
+        for ext in (".md", ".csv", ".tex"):
+            assert (out / f"{table}{ext}").stat().st_size > 0, table + ext
+    for metric in ("ssim", "neg_mse"):
+        assert (out / f"fig_similarity_{metric}.png").exists()
+        assert (out / f"fig_roc_{metric}.png").exists()
+    for fig in ("fig_regenerations", "fig_mucs_trajectories", "fig_top_k_mucs", "fig_top_k_pixel"):
+        assert (out / f"{fig}.png").exists(), fig
+    auc = {r["method"]: r for r in rows(out / "table1_auc.csv")}
+    assert set(auc) == {"pixel", "mucs", "ensemble"}
+    assert auc["mucs"]["runs"] == "2" and auc["mucs"]["items"] == "4"  # 2 seeds x 2 items
+    assert auc["pixel"]["items"] == "2"
+    assert 0 <= float(auc["mucs"]["mean"]) <= 1
+    times = {r["method"]: r for r in rows(out / "table6_time.csv")}
+    assert float(times["mucs"]["minutes per item"]) > float(times["pixel"]["minutes per item"])
+    ens = {r["method"]: r for r in rows(out / "table3_ensembles.csv")}
+    assert ens["ensemble"]["mucs"] == "10" and ens["ensemble"]["pixel"] == "5"
+    assert ens["mucs"]["mucs"] == "10" and ens["mucs"]["pixel"] == "0"
+    overlap = {r["method"]: r for r in rows(out / "table8_overlap_methods.csv")}
+    assert overlap["mucs"]["mucs"] == "-" and overlap["mucs"]["pixel"] == overlap["pixel"]["mucs"]
+    assert "\\begin{tabular}" in (out / "table1_auc.tex").read_text()
+
+
+def test_runs_of_other_settings_form_another_comparison(runs):
+    assert len(find_comparisons(runs)) == 1
+    pipeline.run(make_cfg(runs, "evaluate.k_fraction=0.1", "method=pixel"))
+    groups = find_comparisons(runs)
+    assert len(groups) == 2
+    assert sorted(len(g) for g in groups.values()) == [1, 3]
+
+
+def test_report_command_line(runs):
+    out = subprocess.run(
+        [sys.executable, "-m", "mucs_pipeline.report", str(runs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "AUC against random removal" in out
+    assert "comparison" in out
+
+
+def test_offline_wandb_runs_hold_the_tables_and_images(runs, monkeypatch):
+    from mucs_pipeline.report import log_report_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # The evaluate stage with logger=wandb: one offline run per job, job type = stage.
+    cfg = make_cfg(runs, "logger=wandb", "stages=[evaluate]", "force=true")
+    pipeline.run(cfg)
+    from mucs_pipeline.layout import Layout
+
+    run_dirs = list((Layout(cfg).dir("evaluate") / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1
+    files = {p.name for p in run_dirs[0].rglob("*") if p.is_file()}
+    assert any(f.startswith("results") and f.endswith(".table.json") for f in files)
+    assert any(f.startswith("regenerations") and f.endswith(".png") for f in files)
+    assert any(f.startswith("similarity_ssim") and f.endswith(".png") for f in files)
+    # The report's tables and figures.
+    (out,) = [p for p in report_comparisons(runs) if (p / "table3_ensembles.csv").exists()]
+    log_report_wandb("digits", "test", out)
+    (report_run,) = list((out / "wandb").glob("offline-run-*"))
+    files = {p.name for p in report_run.rglob("*") if p.is_file()}
+    assert any(f.startswith("table1_auc") and f.endswith(".table.json") for f in files)
+    assert any(f.startswith("fig_roc_ssim") and f.endswith(".png") for f in files)
+
+
+def test_training_stages_log_to_an_offline_wandb_run(tmp_path, monkeypatch):
+    from mucs_pipeline.layout import Layout
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg(tmp_path, "logger=wandb", "stages=[pretrain]")
+    pipeline.run(cfg)
+    (run_dir,) = list((Layout(cfg).dir("pretrain") / "wandb").glob("offline-run-*"))
+    assert any(p.suffix == ".wandb" for p in run_dir.iterdir())  # the run's event log

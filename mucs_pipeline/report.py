@@ -150,177 +150,220 @@ def find_comparisons(root: Path) -> dict[tuple[str, str], dict[str, list[dict]]]
         info = json.loads(info_path.read_text())
         if not (folder / "manifest.json").exists() or "comparison_key" not in info:
             continue
-        groups[info["name"], info["comparison_key"]][info["method"]].append(
-            {**info, "folder": folder}
-        )
+        label = info.get("label", info["method"])  # mucs/<ablation> for Table 2 rows
+        groups[info["name"], info["comparison_key"]][label].append({**info, "folder": folder})
     return {
         k: {m: sorted(runs, key=lambda r: r["seed"]) for m, runs in v.items()}
         for k, v in groups.items()
     }
 
 
-def comparison_report(
-    name: str, key: str, by_method: dict[str, list[dict]], out: Path, alpha: float
-):
-    """Every table and figure of one comparison; returns {table name: markdown}."""
-    from mucs_pipeline.evaluation import figures
-    from mucs_pipeline.evaluation.stats import (
-        mean_ci,
-        overlap_between_methods,
-        pair_overlaps,
-        top_k_sets,
-    )
+def _auc(r: dict) -> str:
+    return f"{r['auc']:.3f}" + ("*" if r["significant"] else "")
 
-    out.mkdir(parents=True, exist_ok=True)
-    methods = _order(by_method)
-    pooled = {m: pool([r["folder"] for r in by_method[m]]) for m in methods}
-    metrics = list(pooled[methods[0]]["target"][methods[0]])
-    rows = {}
-    for m in methods:
-        removed = {
-            x: sum(r["removed"][x] for r in by_method[m]) for x in by_method[m][0]["removed"]
-        }
-        rows[m] = result_rows(m, pooled[m], metrics, alpha, removed)
-    tables = {}
 
-    def per_metric(subset: str, value, mean_of: str | None) -> list[dict]:
-        """One row per method: value(row) per metric, and the mean of a numeric column."""
+def _diff(r: dict) -> str:
+    return f"{r['diff_pct']:.1f}±{r['diff_ci']:.1f}"
+
+
+def _control(r: dict) -> str:
+    return f"{r['auc']:.3f} (p={r['p_value']:.2g})"
+
+
+class Comparison:
+    """The runs of one comparison, by label (the method, or `mucs/<ablation>`), pooled."""
+
+    def __init__(self, name: str, by_label: dict[str, list[dict]], alpha: float):
+        self.name, self.runs, self.alpha = name, by_label, alpha
+        self.labels = _order(by_label)
+        self.method = {label: runs[0]["method"] for label, runs in by_label.items()}
+        self.pooled = {lb: pool([r["folder"] for r in by_label[lb]]) for lb in self.labels}
+        first = self.labels[0]
+        self.metrics = list(self.pooled[first]["target"][self.method[first]])
+        self.rows = {}
+        for lb in self.labels:
+            runs = by_label[lb]
+            removed = {x: sum(r["removed"][x] for r in runs) for x in runs[0]["removed"]}
+            self.rows[lb] = result_rows(
+                self.method[lb], self.pooled[lb], self.metrics, alpha, removed
+            )
+        self.k = by_label[first][0]["k"]
+
+    def by_metric(self, label: str, subset: str = "target") -> dict[str, dict]:
+        return {x["metric"]: x for x in self.rows[label] if x["subset"] == subset}
+
+    def per_metric(self, subset: str, value, mean_of: str | None) -> list[dict]:
+        """One row per label: value(row) per metric, and the mean of a numeric column."""
         table = []
-        for m in methods:
-            r = {x["metric"]: x for x in rows[m] if x["subset"] == subset}
+        for lb in self.labels:
+            r = self.by_metric(lb, subset)
             if not r:
                 continue
-            line = {"method": m, "runs": len(by_method[m]), "items": r[metrics[0]]["n_items"]}
-            line.update({metric: value(r[metric]) for metric in metrics})
+            line = {
+                "method": lb,
+                "runs": len(self.runs[lb]),
+                "items": r[self.metrics[0]]["n_items"],
+            }
+            line.update({metric: value(r[metric]) for metric in self.metrics})
             if mean_of:
-                line["mean"] = sum(r[x][mean_of] for x in metrics) / len(metrics)
+                line["mean"] = sum(r[x][mean_of] for x in self.metrics) / len(self.metrics)
             table.append(line)
         return table
 
-    def auc(r):
-        return f"{r['auc']:.3f}" + ("*" if r["significant"] else "")
+    def scores(self) -> tuple[list[dict], dict[str, dict[int, list[set[int]]]]]:
+        """Table 6 rows (amortised time) and every method's top-k sets by seed."""
+        from mucs_pipeline.evaluation.stats import mean_ci, top_k_sets
 
-    def diff(r):
-        return f"{r['diff_pct']:.1f}±{r['diff_ci']:.1f}"
+        time_rows, sets = [], {}
+        for lb in self.labels:
+            per_run = []
+            for r in self.runs[lb]:
+                for method, folder in r["attribute"].items():
+                    s = io.load(Path(folder) / "scores.pt")
+                    setup = s.get("setup_seconds", 0.0) / len(s["seconds"])
+                    key = lb if method == self.method[lb] else method
+                    sets.setdefault(key, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
+                    if method == self.method[lb]:
+                        per_run.append(s["seconds"].mean().item() + setup)
+            mean, ci = mean_ci(per_run)
+            time_rows.append(
+                {
+                    "method": lb,
+                    "runs": len(per_run),
+                    "seconds per item": f"{mean:.2f}±{ci:.2f}",
+                    "minutes per item": mean / 60,
+                }
+            )
+        return time_rows, sets
 
-    def control(r):
-        return f"{r['auc']:.3f} (p={r['p_value']:.2g})"
+    def overlap_tables(self, sets) -> tuple[list[dict], list[dict]]:
+        """Table 7 (between the items of each run, pooled over runs) and Table 8."""
+        from mucs_pipeline.evaluation.stats import mean_ci, overlap_between_methods, pair_overlaps
 
-    cols = ["method", "runs", "items", *metrics, "mean"]
-    tables["table1_auc"] = write_table(
-        per_metric("target", auc, "auc"), cols, out / "table1_auc",
-        f"AUC against random removal ({name}); * one-sided Mann-Whitney U p < {alpha}",
-    )  # fmt: skip
-    tables["table5_difference"] = write_table(
-        per_metric("target", diff, "diff_pct"), cols, out / "table5_difference",
-        "Average normalised similarity difference (%, App. B.1) with 95% CI; lower = more change",
-    )  # fmt: skip
-    tables["control"] = write_table(
-        per_metric("control", control, None), cols[:-1], out / "control",
-        "Control items (generated, not attributed): AUC and two-sided p; expected near 0.5",
-    )  # fmt: skip
+        items, matrix = [], []
+        names = _order(sets)
+        for a in names:
+            pairs = [v for run_sets in sets[a].values() for v in pair_overlaps(run_sets, self.k)]
+            mean, ci = mean_ci(pairs) if pairs else (float("nan"), 0.0)
+            items.append({"method": a, "runs": len(sets[a]), "overlap %": f"{mean:.1f}±{ci:.1f}"})
+            line = {"method": a}
+            for b in names:
+                seeds = sorted(set(sets[a]) & set(sets[b]))
+                values = [overlap_between_methods(sets[a][s], sets[b][s], self.k) for s in seeds]
+                line[b] = f"{sum(values) / len(values):.1f}" if values and a != b else "-"
+            matrix.append(line)
+        return items, matrix
 
-    # Table 6: amortised attribution time per item, from the scores artifacts.
-    time_rows, sets = [], {}
-    for m in methods:
-        per_run = []
-        for r in by_method[m]:
-            for method, folder in r["attribute"].items():
-                s = io.load(Path(folder) / "scores.pt")
-                seconds = s["seconds"].mean().item() + s.get("setup_seconds", 0.0) / len(
-                    s["seconds"]
-                )
-                sets.setdefault(method, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
-                if method == m:
-                    per_run.append(seconds)
-        mean, ci = mean_ci(per_run)
-        time_rows.append(
-            {
-                "method": m,
-                "runs": len(per_run),
-                "seconds per item": f"{mean:.2f}±{ci:.2f}",
-                "minutes per item": mean / 60,
+    def ensemble_rows(self) -> list[dict]:
+        """Tables 3/9: MUCS as reference R and every ensemble, with their weights."""
+        ens = [lb for lb in self.labels if self.runs[lb][0]["method_cfg"].get("kind") == "ensemble"]
+        rows = []
+        for lb in (["mucs"] if ens and "mucs" in self.labels else []) + ens:
+            weights = self.runs[lb][0]["method_cfg"].get("weights", {"mucs": 10})
+            r = self.by_metric(lb)
+            line = {"method": lb, **{w: weights.get(w, 0) for w in WEIGHT_COLUMNS}}
+            line.update({metric: _auc(r[metric]) for metric in self.metrics})
+            line["mean"] = sum(r[x]["auc"] for x in self.metrics) / len(self.metrics)
+            rows.append(line)
+        return rows
+
+    def ablation_rows(self) -> list[dict]:
+        """Table 2: MUCS and its ablations (`+ablation=...`), with the mean relative AUC change."""
+        ablations = [lb for lb in self.labels if "/" in lb]
+        if not ablations or "mucs" not in self.labels:
+            return []
+        ref = self.by_metric("mucs")
+        rows = [{"row": "", "description": "MUCS (proposed)", "method": "mucs"}]
+        rows[0].update({m: _auc(ref[m]) for m in self.metrics})
+        rows[0]["delta %"] = f"({sum(ref[m]['auc'] for m in self.metrics) / len(self.metrics):.3f})"
+        for lb in ablations:
+            r, info = self.by_metric(lb), self.runs[lb][0].get("ablation") or {}
+            line = {
+                "row": info.get("row", ""),
+                "description": info.get("description", lb),
+                "method": lb,
             }
-        )
+            line.update({m: _auc(r[m]) for m in self.metrics})
+            rel = [(r[m]["auc"] - ref[m]["auc"]) / ref[m]["auc"] for m in self.metrics]
+            line["delta %"] = f"{100 * sum(rel) / len(rel):+.1f}%"
+            rows.append(line)
+        return rows
+
+
+def comparison_report(name: str, by_label: dict[str, list[dict]], out: Path, alpha: float):
+    """Every table and figure of one comparison; returns {table name: markdown}."""
+    out.mkdir(parents=True, exist_ok=True)
+    c = Comparison(name, by_label, alpha)
+    cols = ["method", "runs", "items", *c.metrics, "mean"]
+    tables = {
+        "table1_auc": write_table(
+            c.per_metric("target", _auc, "auc"), cols, out / "table1_auc",
+            f"AUC against random removal ({name}); * one-sided Mann-Whitney U p < {alpha}",
+        ),
+        "table5_difference": write_table(
+            c.per_metric("target", _diff, "diff_pct"), cols, out / "table5_difference",
+            "Mean normalised similarity difference (%, App. B.1), 95% CI; lower = more change",
+        ),
+        "control": write_table(
+            c.per_metric("control", _control, None), cols[:-1], out / "control",
+            "Control items (generated, not attributed): AUC and two-sided p; expected near 0.5",
+        ),
+    }  # fmt: skip
+    time_rows, sets = c.scores()
     tables["table6_time"] = write_table(
         time_rows, ["method", "runs", "seconds per item", "minutes per item"], out / "table6_time",
         "Amortised attribution time per generated item (shared setup / m + per-item time)",
     )  # fmt: skip
-
-    # Table 7: top-k overlap between the items of each run; Table 8: between methods.
-    k = by_method[methods[0]][0]["k"]
-    overlap_rows = []
-    for m in _order(sets):
-        # Pairs are formed within a run (one F1) and pooled over runs.
-        pairs = [v for run_sets in sets[m].values() for v in pair_overlaps(run_sets, k)]
-        mean, ci = mean_ci(pairs) if pairs else (float("nan"), 0.0)
-        overlap_rows.append(
-            {"method": m, "runs": len(sets[m]), "overlap %": f"{mean:.1f}±{ci:.1f}"}
-        )
+    items, matrix = c.overlap_tables(sets)
     tables["table7_overlap_items"] = write_table(
-        overlap_rows, ["method", "runs", "overlap %"], out / "table7_overlap_items",
-        f"Top-k overlap (%) between generated items (k = {k}; random expects 100 k / |Z|)",
+        items, ["method", "runs", "overlap %"], out / "table7_overlap_items",
+        f"Top-k overlap (%) between generated items (k = {c.k}; random expects 100 k / |Z|)",
     )  # fmt: skip
-    names = _order(sets)
-    matrix = []
-    for a in names:
-        line = {"method": a}
-        for b in names:
-            seeds = sorted(set(sets[a]) & set(sets[b]))
-            values = [overlap_between_methods(sets[a][s], sets[b][s], k) for s in seeds]
-            line[b] = f"{sum(values) / len(values):.1f}" if values and a != b else "-"
-        matrix.append(line)
     tables["table8_overlap_methods"] = write_table(
-        matrix, ["method", *names], out / "table8_overlap_methods",
+        matrix, ["method", *_order(sets)], out / "table8_overlap_methods",
         "Top-k overlap (%) between methods on the same generated item",
     )  # fmt: skip
-
-    # Tables 3/9: MUCS as reference R and every ensemble, with their weights.
-    ens = [m for m in methods if by_method[m][0]["method_cfg"].get("kind") == "ensemble"]
-    if ens:
-        ens_rows = []
-        for m in (["mucs"] if "mucs" in methods else []) + ens:
-            weights = by_method[m][0]["method_cfg"].get("weights", {"mucs": 10})
-            r = {x["metric"]: x for x in rows[m] if x["subset"] == "target"}
-            line = {"method": m, **{w: weights.get(w, 0) for w in WEIGHT_COLUMNS}}
-            line.update({metric: auc(r[metric]) for metric in metrics})
-            line["mean"] = sum(r[x]["auc"] for x in metrics) / len(metrics)
-            ens_rows.append(line)
+    if rows := c.ensemble_rows():
         tables["table3_ensembles"] = write_table(
-            ens_rows, ["method", *WEIGHT_COLUMNS, *metrics, "mean"], out / "table3_ensembles",
+            rows, ["method", *WEIGHT_COLUMNS, *c.metrics, "mean"], out / "table3_ensembles",
             "Rank ensembles (App. A.4) against MUCS alone: weights and AUC",
         )  # fmt: skip
-
-    # Figures, from the pooled similarities and the first run of each method.
-    target = {m: pooled[m]["target"][m] for m in methods}
-    target[io.BASELINE] = pooled[methods[0]]["target"][io.BASELINE]
-    for metric in metrics:
-        figures.similarity_distributions(
-            target, io.BASELINE, metric, out / f"fig_similarity_{metric}.png"
-        )
-        figures.roc_curves(target, io.BASELINE, metric, out / f"fig_roc_{metric}.png")
-    first = by_method[methods[0]][0]
-    original = io.load(Path(first["generate"]) / "items.pt")["target"]["images"]
-    grid = [original]
-    for m in [*methods, io.BASELINE]:
-        runs = [r for r in by_method.get(m, by_method[methods[0]]) if r["seed"] == first["seed"]]
-        if runs:
-            grid.append(io.load(Path(runs[0]["regenerate"][m]) / "items.pt")["target"]["images"])
-    figures.save_grid(grid, out / "fig_regenerations.png")
-    if "mucs" in by_method:
-        scores = io.load(Path(by_method["mucs"][0]["attribute"]["mucs"]) / "scores.pt")
-        figures.trajectories(scores["trajectories"], None, out / "fig_mucs_trajectories.png")
-    _top_k_figure(by_method, methods, out)
+    if rows := c.ablation_rows():
+        tables["table2_ablations"] = write_table(
+            rows, ["row", "description", "method", *c.metrics, "delta %"], out / "table2_ablations",
+            "Ablations of MUCS: AUC and mean relative AUC difference to MUCS",
+        )  # fmt: skip
+    comparison_figures(c, out)
     return tables
 
 
-def _top_k_figure(
-    by_method: dict[str, list[dict]],
-    methods: list[str],
-    out: Path,
-    n_items: int = 4,
-    n_top: int = 8,
-):
+def comparison_figures(c: Comparison, out: Path) -> None:
+    """Fig. 2 distributions and ROC curves (pooled), regeneration grid, trajectories, top-k."""
+    from mucs_pipeline.evaluation import figures
+
+    target = {lb: c.pooled[lb]["target"][c.method[lb]] for lb in c.labels}
+    target[io.BASELINE] = c.pooled[c.labels[0]]["target"][io.BASELINE]
+    for metric in c.metrics:
+        path = out / f"fig_similarity_{metric}.png"
+        figures.similarity_distributions(target, io.BASELINE, metric, path)
+        figures.roc_curves(target, io.BASELINE, metric, out / f"fig_roc_{metric}.png")
+    first = c.runs[c.labels[0]][0]
+    grid = [io.load(Path(first["generate"]) / "items.pt")["target"]["images"]]
+    for lb in c.labels:  # rows: reference, each method on the first run's seed, random
+        runs = [r for r in c.runs[lb] if r["seed"] == first["seed"]]
+        if runs:
+            grid.append(
+                io.load(Path(runs[0]["regenerate"][c.method[lb]]) / "items.pt")["target"]["images"]
+            )
+    grid.append(io.load(Path(first["regenerate"][io.BASELINE]) / "items.pt")["target"]["images"])
+    figures.save_grid(grid, out / "fig_regenerations.png")
+    if "mucs" in c.runs:
+        scores = io.load(Path(c.runs["mucs"][0]["attribute"]["mucs"]) / "scores.pt")
+        figures.trajectories(scores["trajectories"], None, out / "fig_mucs_trajectories.png")
+    top_k_figures(c, out)
+
+
+def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) -> None:
     """Per method: each of the first generated items next to its top training items."""
     from omegaconf import OmegaConf
 
@@ -328,22 +371,22 @@ def _top_k_figure(
     from mucs_pipeline.evaluation.figures import save_grid
     from mucs_pipeline.stages.retrain import top_k_indices
 
-    first = by_method[methods[0]][0]
+    first = c.runs[c.labels[0]][0]
     data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
     items = io.load(Path(first["generate"]) / "items.pt")["target"]["images"][:n_items]
-    for m in methods:
-        run = by_method[m][0]
-        scores = io.load(Path(run["attribute"][m]) / "scores.pt")["scores"][:n_items]
+    for lb in c.labels:
+        run = c.runs[lb][0]
+        scores = io.load(Path(run["attribute"][c.method[lb]]) / "scores.pt")["scores"][:n_items]
         top = top_k_indices(scores, n_top, run["seed"])
         rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
-        save_grid(rows, out / f"fig_top_k_{m}.png")
+        save_grid(rows, out / f"fig_top_k_{lb.replace('/', '-')}.png")
 
 
 def report_comparisons(root: Path, alpha: float = 0.01, use_wandb: bool = False) -> list[Path]:
     written = []
     for (name, key), by_method in find_comparisons(root).items():
         out = root / "report" / f"{name}-{key}"
-        tables = comparison_report(name, key, by_method, out, alpha)
+        tables = comparison_report(name, by_method, out, alpha)
         print(f"\n{name}, comparison {key}: {', '.join(_order(by_method))} -> {out}")
         print(tables["table1_auc"])
         if use_wandb:

@@ -1,7 +1,9 @@
 """The paper's experiment configs carry every number of Sec. 4, App. A.3 and Table 4."""
 
+from pathlib import Path
+
 import pytest
-from conftest import CONF
+from conftest import CONF, make_cfg
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -105,3 +107,18 @@ def test_dit_b_parameter_count_within_3_percent_of_the_paper(experiment):
     net = build_model(cfg.model, cfg.dataset.resolution, cfg.dataset.channels, cond_dim)
     total = sum(p.numel() for p in net.parameters())
     assert abs(total - target) / target < 0.03, f"{total / 1e6:.1f}M parameters"
+
+
+ABLATIONS = sorted(
+    p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "ablation").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_ablations_change_only_the_method_and_name_their_table_2_row(ablation, tmp_path):
+    base = make_cfg(tmp_path, "+experiment=coco_mucs")
+    cfg = make_cfg(tmp_path, "+experiment=coco_mucs", f"+ablation={ablation}")
+    assert cfg.ablation.name == ablation and cfg.ablation.row[0] in "US"
+    assert cfg.method != base.method and cfg.method.name == "mucs"
+    for key in ("dataset", "model", "diffusion", "pretrain", "generate", "evaluate"):
+        assert cfg[key] == base[key], key

@@ -18,6 +18,7 @@ TABLES = [
     "table7_overlap_items",
     "table8_overlap_methods",
     "table3_ensembles",
+    "table2_ablations",
 ]
 
 
@@ -30,6 +31,7 @@ def runs(tmp_path_factory):
     pipeline.run(make_cfg(tmp, "+experiment=digits_pixel"))
     weights = [f"method.weights.{m}=0" for m in ("das", "dtrak", "forward_inf", "condition")]
     pipeline.run(make_cfg(tmp, "+experiment=digits_ensemble", *weights))
+    pipeline.run(make_cfg(tmp, "+ablation=u_c1_lam01"))
     return tmp
 
 
@@ -49,7 +51,7 @@ def test_report_writes_every_table_and_figure(runs):
     for fig in ("fig_regenerations", "fig_mucs_trajectories", "fig_top_k_mucs", "fig_top_k_pixel"):
         assert (out / f"{fig}.png").exists(), fig
     auc = {r["method"]: r for r in rows(out / "table1_auc.csv")}
-    assert set(auc) == {"pixel", "mucs", "ensemble"}
+    assert set(auc) == {"pixel", "mucs", "ensemble", "mucs/u_c1_lam01"}
     assert auc["mucs"]["runs"] == "2" and auc["mucs"]["items"] == "4"  # 2 seeds x 2 items
     assert auc["pixel"]["items"] == "2"
     assert 0 <= float(auc["mucs"]["mean"]) <= 1
@@ -61,6 +63,8 @@ def test_report_writes_every_table_and_figure(runs):
     overlap = {r["method"]: r for r in rows(out / "table8_overlap_methods.csv")}
     assert overlap["mucs"]["mucs"] == "-" and overlap["mucs"]["pixel"] == overlap["pixel"]["mucs"]
     assert "\\begin{tabular}" in (out / "table1_auc.tex").read_text()
+    (ablation,) = [r for r in rows(out / "table2_ablations.csv") if r["row"] == "U-C1"]
+    assert ablation["method"] == "mucs/u_c1_lam01" and ablation["delta %"].endswith("%")
 
 
 def test_runs_of_other_settings_form_another_comparison(runs):
@@ -68,7 +72,7 @@ def test_runs_of_other_settings_form_another_comparison(runs):
     pipeline.run(make_cfg(runs, "evaluate.k_fraction=0.1", "method=pixel"))
     groups = find_comparisons(runs)
     assert len(groups) == 2
-    assert sorted(len(g) for g in groups.values()) == [1, 3]
+    assert sorted(len(g) for g in groups.values()) == [1, 4]
 
 
 def test_report_command_line(runs):

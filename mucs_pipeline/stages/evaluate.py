@@ -119,6 +119,9 @@ def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
         "method": cfg.method.name,
         "experiment_key": layout.experiment_key(),
         "comparison_key": layout.comparison_key(),
+        # The report's row: the method, or mucs/<name> for a Table 2 ablation (+ablation=...).
+        "label": cfg.method.name + (f"/{cfg.ablation.name}" if cfg.get("ablation") else ""),
+        "ablation": OmegaConf.to_container(cfg.ablation) if cfg.get("ablation") else None,
         "removed": removed,
         "k": top_k(len(common.dataset(cfg)), cfg.evaluate.k_fraction),
         # Where each method's artifacts are, for the report's tables and figures.

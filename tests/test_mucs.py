@@ -1,5 +1,6 @@
 """MUCS unlearning and attribution on a briefly trained micro model."""
 
+import pytest
 import torch
 from conftest import context
 
@@ -74,3 +75,57 @@ def test_random_scores_are_reproducible(trained):
     rnd = build_method(OmegaConf.create({"name": "random"}), ctx)
     a, b = rnd.score(3, data.x[0], None)[0], rnd.score(3, data.x[0], None)[0]
     assert torch.equal(a, b) and not torch.equal(a, rnd.score(4, data.x[0], None)[0])
+
+
+def test_table_2_scoring_switches(trained, tmp_path):
+    """S-C1 subtraction, S-C2 non-consistent noise, S-C3 training sigmas change what they say."""
+    from omegaconf import OmegaConf
+
+    from mucs_pipeline.attribution.scoring import loss_subtraction, training_bank
+
+    cfg, data, edm, f1, _ = trained
+    # A plain (non-struct) copy: the switches are keys that only ablation files add.
+    base = OmegaConf.create(
+        {**OmegaConf.to_container(cfg.method), "max_steps": 3, "stop_rule": False}
+    )
+
+    def build(**switches):
+        return build_method(OmegaConf.merge(base, switches), context(trained, 1.7, tmp_path))
+
+    proposed = build()
+    skew = proposed.score(2, data.x[2], data.cond[2:3])[0]
+    sub = build(score_rule="subtract")
+    subtracted = sub.score(2, data.x[2], data.cond[2:3])[0]
+    assert not torch.allclose(skew, subtracted)
+    assert skew.abs().max() <= 1 and torch.isfinite(subtracted).all()
+    l1, l2 = torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0, 6.0]])
+    assert loss_subtraction(l1, l2, 1e-3).item() == pytest.approx(2.0)
+
+    inconsistent = build(noise_consistent=False)
+    assert inconsistent.loss_f1.shape == proposed.loss_f1.shape
+    assert not torch.allclose(inconsistent.loss_f1, proposed.loss_f1)
+    again = inconsistent._losses(f1, "again", fresh=("f1", cfg.seed))
+    assert torch.equal(again, inconsistent.loss_f1)  # still seeded and reproducible
+
+    trained_sigma = build(score_sigma="training")
+    expected = training_bank(edm, tuple(data.x.shape[1:]), base.num_noises, cfg.seed, "mucs")
+    assert torch.equal(trained_sigma.bank.sigma, expected.sigma)
+    assert not torch.equal(trained_sigma.bank.sigma, proposed.bank.sigma)
+    with pytest.raises(ValueError, match="score_rule"):
+        build(score_rule="dot")
+
+
+def test_table_2_unlearning_sigma_switch(trained):
+    from omegaconf import OmegaConf
+
+    cfg, data, edm, f1, _ = trained
+    base = OmegaConf.create(
+        {**OmegaConf.to_container(cfg.method), "max_steps": 3, "stop_rule": False}
+    )
+    runs = {}
+    for sigma in ("training", "schedule"):
+        m_cfg = OmegaConf.merge(base, {"unlearn_sigma": sigma})
+        _, info = unlearn(f1, data.x[0], data.cond[:1], data, edm, 1.7, m_cfg, cfg, stream=(0, 0))
+        runs[sigma] = info["trajectory"]
+    assert runs["training"][0, 0] == runs["schedule"][0, 0]  # same fine-tuning draws at step 0
+    assert not torch.allclose(runs["training"][:, 1], runs["schedule"][:, 1])

@@ -7,10 +7,11 @@ import logging
 from mucs_pipeline import layout as io
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.attribution.scoring import (
+    SCORE_RULES,
     cached_loss_matrix,
     loss_matrix,
     noise_bank,
-    normalized_skew,
+    training_bank,
 )
 from mucs_pipeline.attribution.unlearn import unlearn
 
@@ -23,23 +24,39 @@ class MUCS(Method):
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)
         shape = tuple(ctx.data.x.shape[1:])
-        self.bank = noise_bank(
-            ctx.diffusion, shape, cfg.num_noises, cfg.schedule_fraction, ctx.cfg.seed
-        )
+        # Table 2 switches; absent keys keep the proposed method.
+        self.score_sigma = cfg.get("score_sigma", "schedule")
+        self.consistent = cfg.get("noise_consistent", True)
+        self.rule = cfg.get("score_rule", "skew")
+        if self.rule not in SCORE_RULES or self.score_sigma not in ("schedule", "training"):
+            raise ValueError(
+                f"method.score_rule={self.rule!r} / method.score_sigma={self.score_sigma!r}: "
+                f"expected one of {sorted(SCORE_RULES)} / 'schedule' or 'training'"
+            )
+        if self.score_sigma == "schedule":
+            self.bank = noise_bank(
+                ctx.diffusion, shape, cfg.num_noises, cfg.schedule_fraction, ctx.cfg.seed
+            )
+        else:  # S-C3: sigmas from the training distribution
+            self.bank = training_bank(ctx.diffusion, shape, cfg.num_noises, ctx.cfg.seed, "mucs")
         self.loss_f1 = self._f1_losses()
 
-    def _losses(self, net, desc: str):
+    def _losses(self, net, desc: str, fresh: tuple | None = None):
         """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|)."""
         ctx = self.ctx
         return loss_matrix(
             net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.device,
             desc=desc, bf16=ctx.cfg.trainer.bf16_scoring,
+            fresh_noise=None if self.consistent else fresh,
         )  # fmt: skip
 
     def _f1_losses(self):
+        """F1 losses do not depend on the generated item: computed once per run, cached."""
+        if not self.consistent:  # S-C2: F1's noises differ from every F2's
+            return self._losses(self.ctx.net, "F1 losses", fresh=("f1", self.ctx.cfg.seed))
         key = io.config_hash(
             "mucs", self.cfg.num_noises, self.cfg.schedule_fraction, self.ctx.cfg.seed,
-            self.ctx.cfg.trainer.bf16_scoring,
+            self.ctx.cfg.trainer.bf16_scoring, self.score_sigma,
         )  # fmt: skip
         return cached_loss_matrix(self.ctx, self.bank, key, self.cfg.score_batch)
 
@@ -49,5 +66,5 @@ class MUCS(Method):
             ctx.net, x_hat, c_hat, ctx.data, ctx.diffusion, ctx.loss_null, self.cfg, ctx.cfg,
             stream=(ctx.cfg.seed, index),
         )  # fmt: skip
-        loss_f2 = self._losses(f2, f"score item {index}")
-        return normalized_skew(self.loss_f1, loss_f2, self.cfg.eps), info
+        loss_f2 = self._losses(f2, f"score item {index}", fresh=("f2", ctx.cfg.seed, index))
+        return SCORE_RULES[self.rule](self.loss_f1, loss_f2, self.cfg.eps), info

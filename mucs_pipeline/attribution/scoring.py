@@ -56,11 +56,14 @@ def loss_matrix(
     device: torch.device,
     desc: str = "score",
     bf16: bool = False,
+    fresh_noise: tuple | None = None,
 ) -> torch.Tensor:
     """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|).
 
     The (item, pair) grid is flattened into batches of about `batch_pairs` forwards;
     `bf16` runs the network under bfloat16 autocast (the loss itself stays float32).
+    `fresh_noise` (a stream key) replaces the bank's shared noises by independent ones per
+    (item, pair), for the non-consistent ablation (Table 2, S-C2).
     """
     net = net.to(device).eval()
     n_pairs = len(bank.sigma)
@@ -73,13 +76,13 @@ def loss_matrix(
         cond = None
         if data.cond is not None:
             cond = data.cond[start : start + b].to(device).repeat_interleave(n_pairs, 0)
+        noises = noise.repeat(b, 1, 1, 1)
+        if fresh_noise is not None:
+            gen = rng.generator("fresh-noise", *fresh_noise, start)
+            noises = torch.randn(noises.shape, generator=gen).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             losses = diffusion.loss(
-                net,
-                x.repeat_interleave(n_pairs, 0),
-                cond,
-                sigma.repeat(b),
-                noise.repeat(b, 1, 1, 1),
+                net, x.repeat_interleave(n_pairs, 0), cond, sigma.repeat(b), noises
             )
         out[start : start + b] = losses.view(b, n_pairs).float().cpu()
     return out
@@ -108,3 +111,11 @@ def cached_loss_matrix(
 def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
     """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (|Z|, |N|) -> (|Z|,)."""
     return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=1)
+
+
+def loss_subtraction(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Table 2, S-C1: the plain difference of mean losses, mean(L2) - mean(L1)."""
+    return loss_2.mean(dim=1) - loss_1.mean(dim=1)
+
+
+SCORE_RULES = {"skew": normalized_skew, "subtract": loss_subtraction}

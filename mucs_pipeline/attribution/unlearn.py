@@ -67,7 +67,11 @@ class Unlearning(L.LightningModule):
                 self.net, self.diffusion, self.data, idx, gen, dev, tc.cond_drop, tc.augment_p
             ).mean()
             g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
-            sigma_g = self.diffusion.training_sigma(g, gen)
+            if self.cfg.get("unlearn_sigma", "training") == "schedule":  # Table 2, U-C2
+                levels = self.diffusion.schedule(self.cfg.get("unlearn_schedule_steps", 32))
+                sigma_g = levels[torch.randint(len(levels), (g,), generator=gen)].float()
+            else:
+                sigma_g = self.diffusion.training_sigma(g, gen)
             noise_g = torch.randn((g, *shape), generator=gen)
             c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
             loss_hat = self.diffusion.loss(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,27 @@ class Layout:
             log.info("skip %s: finished at %s", what, self.dir(stage, method))
             return done["metrics"]
         folder = self.dir(stage, method)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Sweep jobs that share a unit (one F1 for every lambda) run it once: the others
+        # wait here and then find its manifest. The OS drops the lock of a killed job.
+        lock = FileLock(folder.parent / f".{folder.name}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for %s: another job is computing it", what)
+            lock.acquire()
+        try:
+            done = self.manifest(stage, method)
+            if done is not None and not self.cfg.force:
+                log.info("skip %s: finished by another job at %s", what, folder)
+                return done["metrics"]
+            return self._run_locked(stage, method, what, folder, work)
+        finally:
+            lock.release()
+
+    def _run_locked(
+        self, stage: str, method: str | None, what: str, folder: Path, work: Callable
+    ) -> dict:
         if self.cfg.force and folder.exists():
             # Checkpoints and finished items would otherwise be resumed rather than recomputed.
             shutil.rmtree(folder)

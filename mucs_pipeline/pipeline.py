@@ -24,6 +24,14 @@ def run(cfg: DictConfig) -> dict:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     layout = Layout(cfg)
+    if cfg.plan:
+        from mucs_pipeline import plan
+        from mucs_pipeline.stages import common
+
+        data = common.dataset(cfg)
+        rows = plan.units(cfg, layout, len(data), data.cond is not None)
+        print(f"Plan for {layout.root} (plan=true: nothing is computed):\n{plan.render(rows)}")
+        return {"plan": rows}
     log.info("run folder %s (methods: %s)", layout.root, ", ".join(layout.methods))
     metrics = {}
     for stage in STAGES:

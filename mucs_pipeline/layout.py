@@ -18,6 +18,8 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from mucs_pipeline import distributed as dist
+
 log = logging.getLogger(__name__)
 
 STAGES = ["pretrain", "generate", "null_loss", "attribute", "retrain", "regenerate", "evaluate"]
@@ -60,13 +62,21 @@ def code_version() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temp file and os.replace (rank 0 of a multi-process job only)."""
+    if not dist.is_main():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file and os.replace, so a killed job leaves no half file."""
+    """torch.save through a temp file and os.replace, so a killed job leaves no half file.
+
+    In a job of several processes only rank 0 writes (the ranks hold the same result).
+    """
+    if not dist.is_main():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -216,43 +226,61 @@ class Layout:
         stage: str,
         method: str | None,
         work: Callable[[Path], dict],
+        distributed: bool = False,
     ) -> dict:
-        """Run `work(folder) -> metrics` unless a matching manifest exists; then write one."""
+        """Run `work(folder) -> metrics` unless a matching manifest exists; then write one.
+
+        In a job of several processes, rank 0 decides and writes; `distributed` work (it
+        splits itself through Lightning) runs on every rank, other work on rank 0 only.
+        """
         what = f"{stage}[{method}]" if method else stage
-        done = self.manifest(stage, method)
-        if done is not None and not self.cfg.force:
-            log.info("skip %s: finished at %s", what, self.dir(stage, method))
-            return done["metrics"]
         folder = self.dir(stage, method)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        # Sweep jobs that share a unit (one F1 for every lambda) run it once: the others
-        # wait here and then find its manifest. The OS drops the lock of a killed job.
         lock = FileLock(folder.parent / f".{folder.name}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("waiting for %s: another job is computing it", what)
-            lock.acquire()
-        try:
+        done = None
+        if dist.is_main():
             done = self.manifest(stage, method)
-            if done is not None and not self.cfg.force:
-                log.info("skip %s: finished by another job at %s", what, folder)
-                return done["metrics"]
-            return self._run_locked(stage, method, what, folder, work)
+            if done is None or self.cfg.force:
+                done = None
+                # Sweep jobs that share a unit (one F1 for every lambda) run it once: the
+                # others wait here, then find its manifest. The OS drops a killed job's lock.
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    log.info("waiting for %s: another job is computing it", what)
+                    lock.acquire()
+                done = None if self.cfg.force else self.manifest(stage, method)
+                if done is not None:
+                    lock.release()
+        done = dist.broadcast(done)
+        if done is not None:
+            log.info("skip %s: finished at %s", what, folder)
+            return done["metrics"]
+        try:
+            if dist.is_main():
+                if self.cfg.force and folder.exists():
+                    # Checkpoints and finished items would otherwise be resumed.
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True, exist_ok=True)
+            dist.barrier()  # the folder exists for every rank
+            metrics = None
+            if distributed or dist.is_main():
+                metrics = self._run_locked(stage, method, what, folder, work)
+            dist.barrier()  # rank 0 has written the outputs and the manifest
+            return dist.broadcast(metrics)
         finally:
-            lock.release()
+            if dist.is_main():
+                lock.release()
 
     def _run_locked(
         self, stage: str, method: str | None, what: str, folder: Path, work: Callable
-    ) -> dict:
-        if self.cfg.force and folder.exists():
-            # Checkpoints and finished items would otherwise be resumed rather than recomputed.
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    ) -> dict | None:
         log.info("run %s -> %s", what, folder)
         start = time.time()
         metrics = work(folder)
         wall = time.time() - start
+        if not dist.is_main():
+            return None
         outputs = {
             p.name: file_sha256(p)
             for p in sorted(folder.iterdir())

@@ -8,6 +8,7 @@ import logging
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline import distributed as dist
 from mucs_pipeline.layout import STAGES, Layout
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def run(cfg: DictConfig) -> dict:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
     layout = Layout(cfg)
     if cfg.plan:
         from mucs_pipeline import plan
@@ -38,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
         if stage in cfg.stages:
             module = importlib.import_module(f"mucs_pipeline.stages.{stage}")
             metrics[stage] = module.run(cfg, layout)
-    if "evaluate" in cfg.stages:
+    if "evaluate" in cfg.stages and dist.is_main():
         from mucs_pipeline.stages.evaluate import read_results
 
         print(

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from mucs_pipeline import distributed as dist
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion, build_model
@@ -64,8 +65,13 @@ def training_losses(
     device: torch.device,
     cond_drop: float = 0.0,
     augment_p: float = 0.0,
+    part: slice = slice(None),
 ) -> torch.Tensor:
-    """Per-sample losses of items `idx`; sigmas, noises, drops and flips drawn from `gen`."""
+    """Per-sample losses of items `idx`; sigmas, noises, drops and flips drawn from `gen`.
+
+    `part` picks the batch positions this process computes (its DDP share). The draws are
+    made for the whole batch first, so every share sees the single-process stream.
+    """
     sigma = diffusion.training_sigma(len(idx), gen)
     noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
     cond = None if data.cond is None else data.cond[idx]
@@ -76,10 +82,10 @@ def training_losses(
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return diffusion.loss(
         net,
-        x.to(device),
-        None if cond is None else cond.to(device),
-        sigma.to(device),
-        noise.to(device),
+        x[part].to(device),
+        None if cond is None else cond[part].to(device),
+        sigma[part].to(device),
+        noise[part].to(device),
     )
 
 
@@ -117,7 +123,7 @@ class DiffusionTraining(L.LightningModule):
         self.net = net
         self.ema = AveragedModel(
             net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-        )
+        ).requires_grad_(False)  # averaged, not trained (DDP syncs only trained weights)
         self.diffusion, self.data, self.cfg, self.seed = diffusion, data, cfg, seed
         self.weights = torch.ones(len(data)) if weights is None else weights.float()
         self.batches = Batches(len(data), cfg.batch_size, seed)
@@ -131,19 +137,25 @@ class DiffusionTraining(L.LightningModule):
         idx = self.batches.indices(step)
         gen = rng.generator("train", self.seed, step)
         c = self.cfg
+        # Under DDP each rank computes every world-th item of the batch; DDP averages the
+        # ranks' gradients, hence the factor `world` to recover the full batch's mean.
+        rank, world = self.global_rank, self.trainer.world_size
+        part = slice(rank, None, world)
         with rng.global_stream(dev, "dropout", self.seed, step):
             losses = training_losses(
-                self.net, self.diffusion, self.data, idx, gen, dev, c.cond_drop, c.augment_p
-            )
-        w = self.weights[idx].to(dev)
-        loss = (losses * w).sum() / w.sum().clamp(min=1.0)  # normalised over kept items
+                self.net, self.diffusion, self.data, idx, gen, dev, c.cond_drop, c.augment_p,
+                part,
+            )  # fmt: skip
+        w = self.weights[idx]
+        kept = w.sum().clamp(min=1.0)  # normalised over the kept items of the whole batch
+        loss = (losses * w[part].to(dev)).sum() / kept * world
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss {loss.item()} at step {step}; "
                 f"last finite loss {self.last_finite:.4f}"
             )
         self.last_finite = loss.item()
-        self.log("train/loss", loss, prog_bar=True, on_step=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, sync_dist=world > 1)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -161,8 +173,26 @@ class DiffusionTraining(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def placement(tc: DictConfig, distributed: bool = True) -> dict:
+    """Trainer arguments saying where to run: on every process of the job (trainer=ddp:
+    DDP for fit, a DistributedSampler for predict), or on this process's device alone
+    (per-item unlearning, which every rank runs whole)."""
+    if distributed:
+        return {
+            "accelerator": tc.accelerator, "devices": tc.get("devices", 1),
+            "strategy": tc.get("strategy", "auto"), "num_nodes": tc.get("num_nodes", 1),
+        }  # fmt: skip
+    devices = [dist.local_rank()] if tc.accelerator == "gpu" else 1
+    return {"accelerator": tc.accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+
+
 def make_trainer(
-    cfg: DictConfig, folder: Path | None, max_steps: int, job_type: str | None = None, **kwargs
+    cfg: DictConfig,
+    folder: Path | None,
+    max_steps: int,
+    job_type: str | None = None,
+    distributed: bool = True,
+    **kwargs,
 ) -> L.Trainer:
     """A Lightning Trainer from the trainer group; checkpoints go to `folder`/checkpoints.
 
@@ -201,8 +231,7 @@ def make_trainer(
                 )
             )
     return L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
+        **placement(cfg.trainer, distributed),
         precision=cfg.trainer.precision,
         max_steps=max_steps,
         max_epochs=-1,

@@ -62,7 +62,7 @@ def test_cached_f1_losses_equal_recomputed(trained):
     first = build_method(cfg.method, ctx)
     assert len(list((tmp / "cache2").glob("f1_losses-*.pt"))) == 1
     second = build_method(cfg.method, ctx)  # reads the cache
-    fresh = loss_matrix(f1, edm, data, first.bank, 500, torch.device("cpu"))
+    fresh = loss_matrix(f1, edm, data, first.bank, 500)
     assert torch.equal(second.loss_f1, first.loss_f1)
     torch.testing.assert_close(second.loss_f1, fresh, atol=1e-5, rtol=1e-5)
 

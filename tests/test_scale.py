@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,39 @@ def test_kill_9_mid_scoring_and_mid_retraining_resumes_to_the_same_result(tmp_pa
 
 def load(root: Path, pattern: str):
     return torch.load(next(root.glob(pattern)), weights_only=True)
+
+
+def test_two_ddp_processes_score_and_retrain_like_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo): the same scores as 1 process, bit for bit,
+    with each rank scoring half the training items; a DDP retrain within float rounding."""
+    stages = "stages=[pretrain,generate,null_loss,attribute,retrain]"
+    one, two = tmp_path / "one", tmp_path / "two"
+    cli(one, "+experiment=digits_mucs", stages)
+    shutil.copytree(one, two)
+    for name in ("attribute", "retrain", "cache"):  # F1 losses too are scored again
+        shutil.rmtree(two / "digits" / "seed0" / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+         "mucs_pipeline", *MICRO, f"paths.runs_dir={two}", "+experiment=digits_mucs", stages,
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "hydra.verbose=mucs_pipeline.attribution.scoring"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for rank in (0, 1):
+        assert f"F1 losses: rank {rank} scored 60 of 120 items" in out
+        assert f"score item 1: rank {rank} scored 60 of 120 items" in out
+    roots = [r / "digits" / "seed0" for r in (one, two)]
+    scores = [load(r, "attribute/mucs-*/scores.pt")["scores"] for r in roots]
+    assert torch.equal(*scores)
+    for method in ("mucs", "random"):
+        single, ddp = (load(r, f"retrain/{method}-*/ema.pt") for r in roots)
+        assert all(torch.allclose(single[k], ddp[k], atol=1e-4) for k in single)
+        assert not all(torch.equal(single[k], ddp[k]) for k in single)  # really another run
+
+
+def test_ddp_without_a_process_launcher_says_how_to_launch(tmp_path):
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node=2"):
+        pipeline.run(make_cfg(tmp_path, "trainer=ddp", "trainer.accelerator=cpu"))
+    assert not (tmp_path / "digits").exists()

@@ -41,7 +41,7 @@ def test_loss_matrix_equals_one_pair_at_a_time(tmp_path):
     net = perturb(init_model(cfg, data, seed=0)).eval()
     edm = EDM()
     bank = noise_bank(edm, (1, 8, 8), 5, 0.7, seed=1)
-    batched = loss_matrix(net, edm, data, bank, batch_pairs=15, device=torch.device("cpu"))
+    batched = loss_matrix(net, edm, data, bank, batch_pairs=15)
     assert batched.shape == (7, 5)
     with torch.no_grad():
         naive = torch.tensor(
@@ -84,9 +84,8 @@ def test_bf16_scoring_agrees_with_float32(tmp_path):
     net = perturb(init_model(cfg, data, seed=0)).eval()
     edm = EDM()
     bank = noise_bank(edm, (1, 8, 8), 10, 0.7, seed=1)
-    cpu = torch.device("cpu")
-    fp32 = loss_matrix(net, edm, data, bank, 400, cpu)
-    bf16 = loss_matrix(net, edm, data, bank, 400, cpu, bf16=True)
+    fp32 = loss_matrix(net, edm, data, bank, 400)
+    bf16 = loss_matrix(net, edm, data, bank, 400, bf16=True)
     rel = ((bf16 - fp32).abs() / fp32.abs().clamp(min=1e-3)).flatten()
     assert rel.max() < 0.05 and rel.median() < 0.01
     assert not torch.equal(fp32, bf16)  # autocast really ran

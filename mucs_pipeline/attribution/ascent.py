@@ -59,7 +59,7 @@ class LossChange(Method):
         """mean_j L(z_i; net) - mean_j L(z_i; F1), per training item."""
         ctx = self.ctx
         after = loss_matrix(
-            net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.device,
+            net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.cfg.trainer,
             desc=f"score item {index}", bf16=ctx.cfg.trainer.bf16_scoring,
         )  # fmt: skip
         return after.mean(dim=1) - self.loss_f1

@@ -99,13 +99,13 @@ class DTRAK(Method):
         parts = []
         for i, start in enumerate(range(0, len(data), per_shard)):
             path = folder / f"shard{i:05d}.pt"
-            if not path.exists():
-                sl = slice(start, start + per_shard)
-                cond = None if data.cond is None else data.cond[sl]
-                io.atomic_save(
-                    self.features(data.x[sl], cond, f"{self.name} features shard {i}"), path
-                )
-            parts.append(io.load(path))
+            if path.exists():
+                parts.append(io.load(path))
+                continue
+            sl = slice(start, start + per_shard)
+            cond = None if data.cond is None else data.cond[sl]
+            parts.append(self.features(data.x[sl], cond, f"{self.name} features shard {i}"))
+            io.atomic_save(parts[-1], path)
         return torch.cat(parts)
 
     def training_weights(self) -> torch.Tensor | None:
@@ -144,7 +144,7 @@ class DAS(DTRAK):
     def training_weights(self):
         ctx = self.ctx
         losses = loss_matrix(
-            ctx.net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.device,
+            ctx.net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.cfg.trainer,
             desc="das training errors",
         )  # fmt: skip
         err = losses.clamp(min=0).sqrt()  # (|Z|, J)

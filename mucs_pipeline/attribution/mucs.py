@@ -45,7 +45,7 @@ class MUCS(Method):
         """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|)."""
         ctx = self.ctx
         return loss_matrix(
-            net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.device,
+            net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.cfg.trainer,
             desc=desc, bf16=ctx.cfg.trainer.bf16_scoring,
             fresh_noise=None if self.consistent else fresh,
         )  # fmt: skip

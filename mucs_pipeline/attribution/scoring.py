@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
+import lightning as L
 import torch
-from tqdm import tqdm
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
+from mucs_pipeline import distributed as dist
 from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
+from mucs_pipeline.training import placement
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,45 +53,80 @@ def training_bank(
     return NoiseBank(sigma=sigma, noise=torch.randn((num_noises, *shape), generator=gen))
 
 
-@torch.inference_mode()
+class LossGrid(L.LightningModule):
+    """Lightning predict over training items: each batch's losses on every bank pair."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        diffusion: Diffusion,
+        data: ImageData,
+        bank: NoiseBank,
+        bf16: bool,
+        fresh_noise: tuple | None,
+    ):
+        super().__init__()
+        self.net, self.diffusion, self.data = net.eval(), diffusion, data
+        self.register_buffer("sigma", bank.sigma)
+        self.register_buffer("noise", bank.noise)
+        self.bf16, self.fresh_noise = bf16, fresh_noise
+
+    def predict_step(self, idx: torch.Tensor, _batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dev, idx = self.device, idx.cpu()
+        b, n_pairs = len(idx), len(self.sigma)
+        x = self.data.x[idx].to(dev).repeat_interleave(n_pairs, 0)
+        cond = None
+        if self.data.cond is not None:
+            cond = self.data.cond[idx].to(dev).repeat_interleave(n_pairs, 0)
+        if self.fresh_noise is None:
+            noises = self.noise.repeat(b, 1, 1, 1)
+        else:  # one stream per training item, so the draws do not depend on the batching
+            shape = self.noise.shape
+            noises = torch.cat(
+                [torch.randn(shape, generator=rng.generator("fresh-noise", *self.fresh_noise,
+                                                            int(i))) for i in idx]
+            ).to(dev)  # fmt: skip
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            losses = self.diffusion.loss(self.net, x, cond, self.sigma.repeat(b), noises)
+        return idx, losses.view(b, n_pairs).float().cpu()
+
+
 def loss_matrix(
     net: torch.nn.Module,
     diffusion: Diffusion,
     data: ImageData,
     bank: NoiseBank,
     batch_pairs: int,
-    device: torch.device,
+    trainer_cfg: DictConfig | None = None,
     desc: str = "score",
     bf16: bool = False,
     fresh_noise: tuple | None = None,
 ) -> torch.Tensor:
     """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|).
 
-    The (item, pair) grid is flattened into batches of about `batch_pairs` forwards;
-    `bf16` runs the network under bfloat16 autocast (the loss itself stays float32).
-    `fresh_noise` (a stream key) replaces the bank's shared noises by independent ones per
-    (item, pair), for the non-consistent ablation (Table 2, S-C2).
+    A Lightning predict over the training items in batches of about `batch_pairs`
+    forwards (the (item, pair) grid flattened), on the devices of `trainer_cfg` (None:
+    this CPU). Under trainer=ddp a DistributedSampler splits the items across the ranks
+    and every rank receives the whole matrix. `bf16` runs the network under bfloat16
+    autocast (the loss itself stays float32). `fresh_noise` (a stream key) replaces the
+    bank's shared noises by independent ones per (item, pair), for the non-consistent
+    ablation (Table 2, S-C2).
     """
-    net = net.to(device).eval()
-    n_pairs = len(bank.sigma)
-    per = max(1, batch_pairs // n_pairs)  # training items per forward batch
-    sigma, noise = bank.sigma.to(device), bank.noise.to(device)
-    out = torch.empty(len(data), n_pairs)
-    for start in tqdm(range(0, len(data), per), desc=desc, leave=False):
-        x = data.x[start : start + per].to(device)
-        b = x.shape[0]
-        cond = None
-        if data.cond is not None:
-            cond = data.cond[start : start + b].to(device).repeat_interleave(n_pairs, 0)
-        noises = noise.repeat(b, 1, 1, 1)
-        if fresh_noise is not None:
-            gen = rng.generator("fresh-noise", *fresh_noise, start)
-            noises = torch.randn(noises.shape, generator=gen).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses = diffusion.loss(
-                net, x.repeat_interleave(n_pairs, 0), cond, sigma.repeat(b), noises
-            )
-        out[start : start + b] = losses.view(b, n_pairs).float().cpu()
+    tc = trainer_cfg if trainer_cfg is not None else OmegaConf.create({"accelerator": "cpu"})
+    per = max(1, batch_pairs // len(bank.sigma))  # training items per forward batch
+    loader = DataLoader(torch.arange(len(data)), batch_size=per)
+    trainer = L.Trainer(
+        **placement(tc), logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=bool(tc.get("progress_bar", False)),
+    )  # fmt: skip
+    module = LossGrid(net, diffusion, data, bank, bf16, fresh_noise)
+    parts = trainer.predict(module, loader)
+    log.debug("%s: rank %d scored %d of %d items", desc, dist.rank(), sum(len(i) for i, _ in parts),
+              len(data))  # fmt: skip
+    out = torch.empty(len(data), len(bank.sigma))
+    for rank_parts in dist.gather(parts):
+        for idx, losses in rank_parts:
+            out[idx] = losses
     return out
 
 
@@ -100,7 +142,7 @@ def cached_loss_matrix(
     if path.exists():
         return io.load(path)
     losses = loss_matrix(
-        ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.device, desc=desc,
+        ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.cfg.trainer, desc=desc,
         bf16=ctx.cfg.trainer.bf16_scoring,
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def unlearn(
     """F2: a copy of F1 that has unlearned z_hat; info has the steps and loss trajectory."""
     f2 = copy.deepcopy(f1).train()
     module = Unlearning(f2, diffusion, data, x_hat, c_hat, loss_null, cfg, run_cfg.pretrain, stream)
-    trainer = make_trainer(run_cfg, None, cfg.max_steps)
+    trainer = make_trainer(run_cfg, None, cfg.max_steps, distributed=False)  # whole on each rank
     trainer.fit(module)
     steps = len(module.trajectory)
     if cfg.stop_rule and not module.met_stop_rule:

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mucs_pipeline import distributed as dist
 from mucs_pipeline import layout as io
 from mucs_pipeline.attribution import Context, build_method
 from mucs_pipeline.stages import common, null_loss
@@ -49,6 +50,8 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
         scores, info = scorer.score(i, items["images"][i], c_hat)
         seconds = time.perf_counter() - start
         io.atomic_save({"scores": scores.float(), "seconds": seconds, **info}, part)
+    if not dist.is_main():
+        return {}  # rank 0 assembles and writes the scores
     results = [io.load(parts / f"item{i:04d}.pt") for i in range(m)]
     out = {
         "scores": torch.stack([r["scores"] for r in results]),  # (m, |Z|)
@@ -77,6 +80,9 @@ def run(cfg: DictConfig, layout: io.Layout) -> dict:
         # An ensemble's components first: their units are shared with runs of each method.
         for m in [*layout.components(method), method]:
             metrics[m] = layout.run_unit(
-                "attribute", m, lambda folder, m=m: attribute(cfg, layout, m, folder)
+                "attribute",
+                m,
+                lambda folder, m=m: attribute(cfg, layout, m, folder),
+                distributed=True,  # scoring grids are split across the ranks
             )
     return metrics

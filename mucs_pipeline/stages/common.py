@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline import distributed as dist
 from mucs_pipeline import layout as io
 from mucs_pipeline.data import ImageData, build_dataset
 from mucs_pipeline.models import Diffusion, build_diffusion
@@ -28,7 +29,10 @@ def diffusion(cfg: DictConfig) -> Diffusion:
 
 
 def device(cfg: DictConfig) -> torch.device:
-    return torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    """This process's device: under trainer=ddp, the GPU of its local rank."""
+    if cfg.trainer.accelerator != "gpu":
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank())
 
 
 def load_net(cfg: DictConfig, data: ImageData, path: Path) -> torch.nn.Module:

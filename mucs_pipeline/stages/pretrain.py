@@ -20,4 +20,4 @@ def run(cfg: DictConfig, layout: io.Layout) -> dict:
             "train_items": len(data),
         }
 
-    return layout.run_unit("pretrain", None, work)
+    return layout.run_unit("pretrain", None, work, distributed=True)

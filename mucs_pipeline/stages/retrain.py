@@ -60,6 +60,8 @@ def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
 
 def run(cfg: DictConfig, layout: io.Layout) -> dict:
     return {
-        m: layout.run_unit("retrain", m, lambda folder, m=m: retrain(cfg, layout, m, folder))
+        m: layout.run_unit(
+            "retrain", m, lambda folder, m=m: retrain(cfg, layout, m, folder), distributed=True
+        )
         for m in layout.methods
     }

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Scoring-engine and per-method timings: writes docs/benchmarks.md and docs/benchmarks.json.
+bench: install
+	$(PY) scripts/bench.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mucs_pipeline tests scripts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,8 +16,13 @@ CONFIG_PATH = "../conf" if (_SOURCE_CONF / "config.yaml").exists() else "conf"
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     from mucs_pipeline.pipeline import run
+    from mucs_pipeline.validate import ConfigError
 
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as err:
+        print("\n".join(["invalid config:", *err.problems]), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

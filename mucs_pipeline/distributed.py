@@ -77,6 +77,13 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
 
 
+def device(trainer_cfg: DictConfig) -> torch.device:
+    """This process's device: under trainer=ddp, the GPU of its local rank."""
+    if trainer_cfg.accelerator != "gpu":
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank())
+
+
 def is_main() -> bool:
     return rank() == 0
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import time
@@ -82,17 +83,43 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class UnsafeFileError(RuntimeError):
+    """A file that is not plain tensors and containers: loading it could run code."""
+
+
+class IntegrityError(RuntimeError):
+    """An artifact differs from the content hash its manifest recorded (strict=true)."""
+
+
 def load(path: Path) -> Any:
-    """Load an artifact written by this pipeline (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load an artifact written by this pipeline (tensors and plain containers only).
+
+    torch's weights_only unpickler refuses anything else, such as a pickle crafted to
+    call a function on load; that is reported as an UnsafeFileError naming the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeFileError(
+            f"refusing to load {path}: it holds more than tensors and plain containers "
+            f"(torch.load weights_only=True: {str(err).splitlines()[0]})"
+        ) from None
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of a file, remembered while its size and modification time do not change."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 class Layout:
@@ -207,7 +234,18 @@ class Layout:
         if manifest.get("key") != self.key(stage, method):
             return None
         d = path.parent
-        if not all((d / name).exists() for name in manifest.get("outputs", {})):
+        outputs = manifest.get("outputs", {})
+        if not all((d / name).exists() for name in outputs):
+            return None
+        changed = [name for name, sha in outputs.items() if file_sha256(d / name) != sha]
+        if changed:
+            what = f"{', '.join(changed)} in {d}"
+            if self.cfg.get("strict", False):
+                raise IntegrityError(
+                    f"{what} changed since its manifest was written (truncated or altered); "
+                    "strict=true stops here: delete the folder or rerun without strict"
+                )
+            log.warning("%s changed since its manifest was written: recomputing", what)
             return None
         return manifest
 

@@ -10,14 +10,13 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.layout import STAGES, Layout
+from mucs_pipeline.validate import check_training_set, validate
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"stages={list(cfg.stages)}: unknown {unknown}, expected some of {STAGES}")
+    validate(cfg)  # before anything is computed or written; ConfigError lists the problems
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     import lightning  # noqa: F401  (imported first: it sets its loggers to INFO on import)
@@ -26,6 +25,10 @@ def run(cfg: DictConfig) -> dict:
         logging.getLogger(name).setLevel(logging.WARNING)
     dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
     layout = Layout(cfg)
+    if "retrain" in cfg.stages:
+        from mucs_pipeline.stages import common
+
+        check_training_set(cfg, len(common.dataset(cfg)))
     if cfg.plan:
         from mucs_pipeline import plan
         from mucs_pipeline.stages import common

@@ -216,7 +216,7 @@ class Comparison:
 
         time_rows, sets = [], {}
         for lb in self.labels:
-            per_run = []
+            per_run, capped = [], None
             for r in self.runs[lb]:
                 for method, folder in r["attribute"].items():
                     s = io.load(Path(folder) / "scores.pt")
@@ -225,6 +225,8 @@ class Comparison:
                     sets.setdefault(key, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
                     if method == self.method[lb]:
                         per_run.append(s["seconds"].mean().item() + setup)
+                        if "hit_max_steps" in s:  # unlearning that never met its stop rule
+                            capped = (capped or 0) + int(s["hit_max_steps"].sum())
             mean, ci = mean_ci(per_run)
             time_rows.append(
                 {
@@ -232,6 +234,7 @@ class Comparison:
                     "runs": len(per_run),
                     "seconds per item": f"{mean:.2f}±{ci:.2f}",
                     "minutes per item": mean / 60,
+                    "items at max_steps": "-" if capped is None else capped,
                 }
             )
         return time_rows, sets
@@ -311,7 +314,9 @@ def comparison_report(name: str, by_label: dict[str, list[dict]], out: Path, alp
     }  # fmt: skip
     time_rows, sets = c.scores()
     tables["table6_time"] = write_table(
-        time_rows, ["method", "runs", "seconds per item", "minutes per item"], out / "table6_time",
+        time_rows,
+        ["method", "runs", "seconds per item", "minutes per item", "items at max_steps"],
+        out / "table6_time",
         "Amortised attribution time per generated item (shared setup / m + per-item time)",
     )  # fmt: skip
     items, matrix = c.overlap_tables(sets)

@@ -261,7 +261,8 @@ def train(
     last = folder / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
-    trainer.fit(module, ckpt_path=str(last) if last.exists() else None)
+    # weights_only: a checkpoint is tensors and plain containers; a crafted pickle is refused.
+    trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     if cfg.logger.name == "wandb":
         import wandb
 

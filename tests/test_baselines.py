@@ -93,6 +93,20 @@ def test_dtrak_full_width_projection_reproduces_the_unprojected_kernel(trained, 
     assert not torch.allclose(narrow, scores["null"], rtol=1e-2)
 
 
+def test_a_damping_sweep_reuses_the_training_features(trained, tmp_path):
+    cfg, data, *_ = trained
+    params = "params=[final.linear.bias]"
+    ctx = context(trained, 1.7, tmp_path / "cache")
+    methods = [
+        build_method(method_cfg(tmp_path, "dtrak", "num_noises=8", params, f"damping={d}"), ctx)
+        for d in (0.01, 0.1)
+    ]
+    assert len(list((tmp_path / "cache").glob("dtrak_features-*"))) == 1
+    assert torch.equal(methods[0].phi, methods[1].phi)
+    scores = [m.score(0, data.x[7], data.cond[7:8])[0] for m in methods]
+    assert not torch.equal(*scores)  # the damping still acts on the kernel
+
+
 def test_ensemble_of_one_method_reproduces_its_ranking(trained, tmp_path):
     cfg, data, *_ = trained
     pixel = build_method(method_cfg(tmp_path, "pixel"), context(trained, 1.7, tmp_path))

@@ -67,6 +67,54 @@ def test_cached_f1_losses_equal_recomputed(trained):
     torch.testing.assert_close(second.loss_f1, fresh, atol=1e-5, rtol=1e-5)
 
 
+def test_f1_losses_are_computed_once_per_run(trained, monkeypatch):
+    from mucs_pipeline.attribution import scoring
+
+    cfg, data, edm, f1, tmp = trained
+    calls = []
+    original = scoring.loss_matrix
+    monkeypatch.setattr(
+        scoring, "loss_matrix", lambda net, *a, **kw: calls.append(net) or original(net, *a, **kw)
+    )
+    ctx = context(trained, 1.7, tmp / "cache-count")
+    build_method(cfg.method, ctx)
+    build_method(cfg.method, ctx)  # a resumed run, or the next experiment of a sweep
+    assert calls == [f1]  # F1 scored once, then read from the cache
+
+
+def test_several_items_per_pass_give_the_same_scores(trained):
+    from omegaconf import OmegaConf
+
+    cfg, data, edm, f1, tmp = trained
+    ctx = context(trained, 1.7, tmp / "cache-k")
+    method_cfg = OmegaConf.merge(cfg.method, {"max_steps": 5, "items_per_pass": 3})
+    method = build_method(method_cfg, ctx)
+    assert method.items_per_pass == 3
+    items = [5, 6, 7]
+    args = items, [data.x[i] for i in items], [data.cond[i : i + 1] for i in items]
+    together = method.score_many(*args)
+    alone = [method.score(i, x, c) for i, x, c in zip(*args, strict=True)]
+    for (a, info_a), (b, info_b) in zip(together, alone, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert info_a["steps"] == info_b["steps"]
+
+
+def test_bf16_scores_rank_training_items_like_float32(trained):
+    from omegaconf import OmegaConf
+    from scipy.stats import spearmanr
+
+    cfg, data, edm, f1, tmp = trained
+    scores = []
+    for bf16 in (False, True):
+        run = OmegaConf.merge(cfg, {"trainer": {"bf16_scoring": bf16}})
+        ctx = context(trained, 1.7, tmp / f"cache-bf16-{bf16}")
+        ctx.cfg = run
+        method = build_method(OmegaConf.merge(cfg.method, {"max_steps": 20}), ctx)
+        scores.append(method.score(17, data.x[17], data.cond[17:18])[0])
+    assert not torch.equal(*scores)  # autocast really ran
+    assert spearmanr(scores[0].numpy(), scores[1].numpy()).statistic >= 0.99
+
+
 def test_random_scores_are_reproducible(trained):
     cfg, data, edm, f1, tmp = trained
     from omegaconf import OmegaConf

@@ -11,7 +11,7 @@ import torch
 from conftest import make_cfg, write_cifar_batches, write_coco
 
 from mucs_pipeline import pipeline
-from mucs_pipeline.layout import STAGES, Layout
+from mucs_pipeline.layout import STAGES, Layout, file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,17 +195,23 @@ def test_a_changed_upstream_artifact_invalidates_what_was_built_from_it(finished
     layout = Layout(cfg)
     assert layout.manifest("attribute", "mucs") is not None
     path = layout.dir("generate") / "manifest.json"
-    original = path.read_text()
+    items = layout.dir("generate") / "items.pt"
+    original, original_items = path.read_text(), items.read_bytes()
+    # As if generate had been recomputed with another result: new items, a matching manifest.
+    changed = torch.load(items, weights_only=True)
+    changed["target"]["images"] = changed["target"]["images"].flip(-1)
+    torch.save(changed, items)
     manifest = json.loads(original)
-    manifest["outputs"]["items.pt"] = "0" * 64  # as if generate had been recomputed differently
+    manifest["outputs"]["items.pt"] = file_sha256(items)
     path.write_text(json.dumps(manifest))
     try:
-        assert layout.manifest("generate") is not None  # generate itself still matches
+        assert layout.manifest("generate") is not None  # generate itself matches
         assert layout.manifest("attribute", "mucs") is None
         assert layout.manifest("regenerate", "random") is None
         assert layout.manifest("pretrain") is not None
     finally:
         path.write_text(original)
+        items.write_bytes(original_items)
     assert layout.manifest("attribute", "mucs") is not None
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import make_cfg, perturb
+from omegaconf import OmegaConf
 
 from mucs_pipeline.attribution.scoring import NoiseBank, loss_matrix, noise_bank, normalized_skew
 from mucs_pipeline.data import build_dataset
@@ -34,33 +35,62 @@ def test_noise_bank_uses_first_70_percent_of_generation_schedule():
     assert torch.equal(bank.noise, noise_bank(edm, (1, 8, 8), 100, 0.7, seed=0).noise)
 
 
-def test_loss_matrix_equals_one_pair_at_a_time(tmp_path):
+@pytest.mark.parametrize("batch_pairs", [1, 15, 1000])
+@pytest.mark.parametrize("k", [1, 3])
+def test_loss_matrix_equals_one_pair_at_a_time(tmp_path, batch_pairs, k):
+    """The engine (flattened grid, k networks per vmapped pass) against the plain loop."""
     cfg = make_cfg(tmp_path)
     data = build_dataset(cfg.dataset)
     data.x, data.cond = data.x[:7], data.cond[:7]
-    net = perturb(init_model(cfg, data, seed=0)).eval()
+    nets = [perturb(init_model(cfg, data, seed=0), seed=s).eval() for s in range(k)]
     edm = EDM()
     bank = noise_bank(edm, (1, 8, 8), 5, 0.7, seed=1)
-    batched = loss_matrix(net, edm, data, bank, batch_pairs=15)
-    assert batched.shape == (7, 5)
+    batched = loss_matrix(nets if k > 1 else nets[0], edm, data, bank, batch_pairs=batch_pairs)
+    assert batched.shape == ((k, 7, 5) if k > 1 else (7, 5))
     with torch.no_grad():
         naive = torch.tensor(
             [
                 [
-                    edm.loss(
-                        net,
-                        data.x[i : i + 1],
-                        data.cond[i : i + 1],
-                        bank.sigma[j : j + 1],
-                        bank.noise[j : j + 1],
-                    ).item()
-                    for j in range(5)
+                    [
+                        edm.loss(
+                            net,
+                            data.x[i : i + 1],
+                            data.cond[i : i + 1],
+                            bank.sigma[j : j + 1],
+                            bank.noise[j : j + 1],
+                        ).item()
+                        for j in range(5)
+                    ]
+                    for i in range(7)
                 ]
-                for i in range(7)
+                for net in nets
             ]
         )
-    torch.testing.assert_close(batched, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched, naive if k > 1 else naive[0], atol=1e-5, rtol=1e-5)
     assert isinstance(bank, NoiseBank)
+
+
+def perturbed_setup(tmp_path):
+    """The micro config and data, a perturbed random network, EDM and a 10-pair bank."""
+    cfg = make_cfg(tmp_path)
+    data = build_dataset(cfg.dataset)
+    net = perturb(init_model(cfg, data, seed=0)).eval()
+    edm = EDM()
+    return cfg, data, net, edm, noise_bank(edm, (1, 8, 8), 10, 0.7, seed=1)
+
+
+def test_compiled_scoring_agrees_with_eager(tmp_path):
+    """trainer.compile_scoring: torch.compile of the loss, within 1e-5 of eager."""
+    cfg, data, net, edm, bank = perturbed_setup(tmp_path)
+    eager = loss_matrix(net, edm, data, bank, 400)
+    tc = OmegaConf.create({"accelerator": "cpu", "compile_scoring": True})
+    torch._dynamo.reset()
+    compiled = loss_matrix(net, edm, data, bank, 400, tc)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    other = perturb(init_model(cfg, data, seed=0), seed=5).eval()  # the next generated item
+    assert not torch.equal(loss_matrix(other, edm, data, bank, 400, tc), compiled)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no recompiling
 
 
 @pytest.mark.parametrize("k_fraction,expected", [(0.02, 12), (0.001, 1)])
@@ -79,11 +109,7 @@ def test_removal_set_is_union_of_top_k():
 
 def test_bf16_scoring_agrees_with_float32(tmp_path):
     """The tolerance the README states for bf16 scoring: losses within 5% (relative, median 1%)."""
-    cfg = make_cfg(tmp_path)
-    data = build_dataset(cfg.dataset)
-    net = perturb(init_model(cfg, data, seed=0)).eval()
-    edm = EDM()
-    bank = noise_bank(edm, (1, 8, 8), 10, 0.7, seed=1)
+    cfg, data, net, edm, bank = perturbed_setup(tmp_path)
     fp32 = loss_matrix(net, edm, data, bank, 400)
     bf16 = loss_matrix(net, edm, data, bank, 400, bf16=True)
     rel = ((bf16 - fp32).abs() / fp32.abs().clamp(min=1e-3)).flatten()

@@ -33,6 +33,7 @@ class Method:
 
     def __init__(self, cfg: DictConfig, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
+        self.items_per_pass = 1  # generated items that score_many handles together
 
     def prepare(self, images: torch.Tensor, cond: torch.Tensor | None) -> None:
         """Work shared by all generated items (m, C, H, W), done once before scoring them."""
@@ -41,6 +42,12 @@ class Method:
         self, index: int, x_hat: torch.Tensor, c_hat: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def score_many(
+        self, indices: list[int], images: list[torch.Tensor], conds: list[torch.Tensor | None]
+    ) -> list[tuple[torch.Tensor, dict]]:
+        """Several generated items; methods that batch them (MUCS) override this."""
+        return [self.score(i, x, c) for i, x, c in zip(indices, images, conds, strict=True)]
 
 
 def build_method(cfg: DictConfig, ctx: Context) -> Method:

@@ -22,6 +22,7 @@ import logging
 import time
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mucs_pipeline import layout as io
@@ -92,7 +93,10 @@ class DTRAK(Method):
         """Phi, (|Z|, proj_dim): computed once per run, cached on disk shard by shard so that
         a killed job resumes with the shards it finished."""
         data, cfg = self.ctx.data, self.cfg
-        key = io.config_hash(self.name, cfg, self.ctx.cfg.seed)
+        # Damping acts on the kernel only: a damping sweep reuses one set of features.
+        feature_cfg = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                       if k != "damping"}  # fmt: skip
+        key = io.config_hash(self.name, feature_cfg, self.ctx.cfg.seed)
         folder = self.ctx.cache_dir / f"{self.name}_features-{key}"
         folder.mkdir(parents=True, exist_ok=True)
         per_shard = self.shard_items()

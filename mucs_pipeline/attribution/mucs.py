@@ -40,6 +40,8 @@ class MUCS(Method):
         else:  # S-C3: sigmas from the training distribution
             self.bank = training_bank(ctx.diffusion, shape, cfg.num_noises, ctx.cfg.seed, "mucs")
         self.loss_f1 = self._f1_losses()
+        # k unlearned models scored in one vmapped pass; S-C2 draws noises per item.
+        self.items_per_pass = cfg.get("items_per_pass", 1) if self.consistent else 1
 
     def _losses(self, net, desc: str, fresh: tuple | None = None):
         """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|)."""
@@ -60,11 +62,26 @@ class MUCS(Method):
         )  # fmt: skip
         return cached_loss_matrix(self.ctx, self.bank, key, self.cfg.score_batch)
 
-    def score(self, index, x_hat, c_hat):
+    def unlearn(self, index, x_hat, c_hat):
         ctx = self.ctx
-        f2, info = unlearn(
+        return unlearn(
             ctx.net, x_hat, c_hat, ctx.data, ctx.diffusion, ctx.loss_null, self.cfg, ctx.cfg,
             stream=(ctx.cfg.seed, index),
         )  # fmt: skip
-        loss_f2 = self._losses(f2, f"score item {index}", fresh=("f2", ctx.cfg.seed, index))
+
+    def score(self, index, x_hat, c_hat):
+        f2, info = self.unlearn(index, x_hat, c_hat)
+        loss_f2 = self._losses(f2, f"score item {index}", fresh=("f2", self.ctx.cfg.seed, index))
         return SCORE_RULES[self.rule](self.loss_f1, loss_f2, self.cfg.eps), info
+
+    def score_many(self, indices, images, conds):
+        if len(indices) == 1:
+            return [self.score(indices[0], images[0], conds[0])]
+        items = zip(indices, images, conds, strict=True)
+        f2s, infos = zip(*[self.unlearn(*item) for item in items], strict=True)
+        losses = self._losses(list(f2s), f"score items {indices}")  # (k, |Z|, |N|)
+        rule = SCORE_RULES[self.rule]
+        return [
+            (rule(self.loss_f1, loss, self.cfg.eps), info)
+            for loss, info in zip(losses, infos, strict=True)
+        ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
-from mucs_pipeline.training import placement
+from mucs_pipeline.training import NonFiniteLossError, placement
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,48 @@ def training_bank(
 
 
 class LossGrid(L.LightningModule):
-    """Lightning predict over training items: each batch's losses on every bank pair."""
+    """Lightning predict over training items: each batch's losses on every bank pair,
+    for one network or for k networks at once (several generated items per pass)."""
 
     def __init__(
         self,
-        net: torch.nn.Module,
+        nets: list[torch.nn.Module],
         diffusion: Diffusion,
         data: ImageData,
         bank: NoiseBank,
         bf16: bool,
         fresh_noise: tuple | None,
+        compile: bool = False,
     ):
         super().__init__()
-        self.net, self.diffusion, self.data = net.eval(), diffusion, data
+        self.nets = torch.nn.ModuleList(n.eval() for n in nets)  # moved to the device
+        self.diffusion, self.data = diffusion, data
         self.register_buffer("sigma", bank.sigma)
         self.register_buffer("noise", bank.noise)
         self.bf16, self.fresh_noise = bf16, fresh_noise
+        self.losses = torch.compile(self._losses, dynamic=False) if compile else self._losses
+
+    def on_predict_start(self) -> None:
+        if len(self.nets) > 1:
+            # k networks of one architecture as one batched (vmapped) functional call; a
+            # tuple, so that Lightning does not move the weightless template as a submodule.
+            params, buffers = torch.func.stack_module_state(list(self.nets))
+            self.stacked = (copy.deepcopy(self.nets[0]).to("meta"), params, buffers)
+
+    def _losses(self, x, cond, sigma, noises) -> torch.Tensor:
+        """(k, B) per-sample losses of the k networks on the same B inputs."""
+        if len(self.nets) == 1:
+            return self.diffusion.loss(self.nets[0], x, cond, sigma, noises)[None]
+
+        base, params, buffers = self.stacked
+
+        def one(params, buffers):
+            def net(*args):
+                return torch.func.functional_call(base, (params, buffers), args)
+
+            return self.diffusion.loss(net, x, cond, sigma, noises)
+
+        return torch.func.vmap(one)(params, buffers)
 
     def predict_step(self, idx: torch.Tensor, _batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         dev, idx = self.device, idx.cpu()
@@ -87,47 +114,88 @@ class LossGrid(L.LightningModule):
                                                             int(i))) for i in idx]
             ).to(dev)  # fmt: skip
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            losses = self.diffusion.loss(self.net, x, cond, self.sigma.repeat(b), noises)
-        return idx, losses.view(b, n_pairs).float().cpu()
+            losses = self.losses(x, cond, self.sigma.repeat(b), noises)
+        return idx, losses.view(len(self.nets), b, n_pairs).float().cpu()
+
+
+def auto_batch(net: torch.nn.Module, data: ImageData, device: torch.device, k: int = 1) -> int:
+    """Forwards per scoring batch when `score_batch` is null.
+
+    On a GPU: what fits in 80% of the free memory, from the peak memory of a probe batch
+    of 64 forwards (k networks at once need k times the activations). On a CPU, 2048
+    forwards: larger batches only leave the caches (measured in docs/benchmarks.md).
+    """
+    if device.type != "cuda":
+        return 2048
+    probe = 64
+    x = data.x[:1].to(device).expand(probe, *data.x.shape[1:])
+    c = None if data.cond is None else data.cond[:1].to(device).expand(probe, -1)
+    net = net.to(device).eval()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        net(x, torch.ones(probe, device=device), c)
+    per_forward = max(1, (torch.cuda.max_memory_allocated(device) - before) / probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(1 << 17, max(probe, 0.8 * free / (per_forward * k))))
 
 
 def loss_matrix(
-    net: torch.nn.Module,
+    net: torch.nn.Module | list[torch.nn.Module],
     diffusion: Diffusion,
     data: ImageData,
     bank: NoiseBank,
-    batch_pairs: int,
+    batch_pairs: int | None,
     trainer_cfg: DictConfig | None = None,
     desc: str = "score",
     bf16: bool = False,
     fresh_noise: tuple | None = None,
 ) -> torch.Tensor:
-    """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|).
+    """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|), or
+    (k, |Z|, |N|) for a list of k networks, scored in the same pass.
 
     A Lightning predict over the training items in batches of about `batch_pairs`
-    forwards (the (item, pair) grid flattened), on the devices of `trainer_cfg` (None:
-    this CPU). Under trainer=ddp a DistributedSampler splits the items across the ranks
-    and every rank receives the whole matrix. `bf16` runs the network under bfloat16
-    autocast (the loss itself stays float32). `fresh_noise` (a stream key) replaces the
-    bank's shared noises by independent ones per (item, pair), for the non-consistent
-    ablation (Table 2, S-C2).
+    forwards (the (item, pair) grid flattened; None: `auto_batch`), on the devices of
+    `trainer_cfg` (None: this CPU). Under trainer=ddp a DistributedSampler splits the
+    items across the ranks and every rank receives the whole matrix. `bf16` runs the
+    network under bfloat16 autocast (the loss itself stays float32);
+    `trainer_cfg.compile_scoring` compiles the loss with torch.compile. `fresh_noise` (a
+    stream key) replaces the bank's shared noises by independent ones per (item, pair),
+    for the non-consistent ablation (Table 2, S-C2).
     """
     tc = trainer_cfg if trainer_cfg is not None else OmegaConf.create({"accelerator": "cpu"})
-    per = max(1, batch_pairs // len(bank.sigma))  # training items per forward batch
+    nets = list(net) if isinstance(net, (list, tuple)) else [net]
+    n_pairs = len(bank.sigma)
+    if batch_pairs is None:
+        batch_pairs = auto_batch(nets[0], data, dist.device(tc), len(nets))
+    per = max(1, batch_pairs // (n_pairs * len(nets)))  # training items per forward batch
     loader = DataLoader(torch.arange(len(data)), batch_size=per)
     trainer = L.Trainer(
         **placement(tc), logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=bool(tc.get("progress_bar", False)),
     )  # fmt: skip
-    module = LossGrid(net, diffusion, data, bank, bf16, fresh_noise)
+    module = LossGrid(
+        nets, diffusion, data, bank, bf16, fresh_noise, bool(tc.get("compile_scoring", False))
+    )
     parts = trainer.predict(module, loader)
     log.debug("%s: rank %d scored %d of %d items", desc, dist.rank(), sum(len(i) for i, _ in parts),
               len(data))  # fmt: skip
-    out = torch.empty(len(data), len(bank.sigma))
+    out = torch.empty(len(nets), len(data), n_pairs)
     for rank_parts in dist.gather(parts):
         for idx, losses in rank_parts:
-            out[idx] = losses
-    return out
+            out[:, idx] = losses
+    bad = ~torch.isfinite(out)
+    if bad.any():
+        _, items, pairs = bad.nonzero(as_tuple=True)
+        finite = out[~bad]
+        last = f"{finite[-1].item():.4f}" if len(finite) else "none"
+        raise NonFiniteLossError(
+            f"non-finite loss while scoring ({desc}): {int(bad.sum())} of {bad.numel()} losses, "
+            f"e.g. training items {items.unique()[:5].tolist()} at noise pairs "
+            f"{pairs.unique()[:5].tolist()}; last finite loss {last}"
+        )
+    return out if isinstance(net, (list, tuple)) else out[0]
 
 
 def cached_loss_matrix(

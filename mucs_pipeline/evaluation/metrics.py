@@ -29,6 +29,12 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
             f"expected two (N, C, H, W) batches of equal shape, "
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+    for x in (a, b):  # generated images are in [-1, 1]; a little overshoot is normal
+        if x.numel() and (not torch.isfinite(x).all() or x.abs().max() > 1.5):
+            raise ValueError(
+                f"expected finite images scaled to [-1, 1], got values in "
+                f"[{x.min().item():.3g}, {x.max().item():.3g}] (0-255 images?)"
+            )
 
 
 def ssim_window(resolution: int, kernel: int, sigma: float) -> tuple[int, float]:

@@ -35,6 +35,11 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
             for c in layout.components(method)
         },
     )
+    if items["images"].shape[1:] != data.x.shape[1:]:
+        raise ValueError(
+            f"generated items of shape {tuple(items['images'].shape[1:])} do not match the "
+            f"training images {tuple(data.x.shape[1:])}: was generate run with another dataset?"
+        )
     parts = folder / "items"
     parts.mkdir(exist_ok=True)
     m = len(items["seeds"])
@@ -43,13 +48,18 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     if todo:
         scorer.prepare(items["images"], items["cond"])
     setup_seconds = time.perf_counter() - setup_start  # caches shared by all items, prepare()
-    for i in tqdm(todo, desc=f"attribute {method}"):
-        part = parts / f"item{i:04d}.pt"
-        c_hat = None if items["cond"] is None else items["cond"][i : i + 1]
+    k = scorer.items_per_pass
+    bar = tqdm(total=len(todo), desc=f"attribute {method}")
+    for group in [todo[g : g + k] for g in range(0, len(todo), k)]:
+        conds = [None if items["cond"] is None else items["cond"][i : i + 1] for i in group]
         start = time.perf_counter()
-        scores, info = scorer.score(i, items["images"][i], c_hat)
-        seconds = time.perf_counter() - start
-        io.atomic_save({"scores": scores.float(), "seconds": seconds, **info}, part)
+        results = scorer.score_many(group, [items["images"][i] for i in group], conds)
+        seconds = (time.perf_counter() - start) / len(group)  # a shared pass, split evenly
+        for i, (scores, info) in zip(group, results, strict=True):
+            part = parts / f"item{i:04d}.pt"
+            io.atomic_save({"scores": scores.float(), "seconds": seconds, **info}, part)
+        bar.update(len(group))
+    bar.close()
     if not dist.is_main():
         return {}  # rank 0 assembles and writes the scores
     results = [io.load(parts / f"item{i:04d}.pt") for i in range(m)]

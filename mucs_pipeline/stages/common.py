@@ -29,10 +29,7 @@ def diffusion(cfg: DictConfig) -> Diffusion:
 
 
 def device(cfg: DictConfig) -> torch.device:
-    """This process's device: under trainer=ddp, the GPU of its local rank."""
-    if cfg.trainer.accelerator != "gpu":
-        return torch.device("cpu")
-    return torch.device("cuda", dist.local_rank())
+    return dist.device(cfg.trainer)
 
 
 def load_net(cfg: DictConfig, data: ImageData, path: Path) -> torch.nn.Module:

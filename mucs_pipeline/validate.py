@@ -1,0 +1,246 @@
+"""Check a composed config before any compute.
+
+Types are checked against the shipped config files, which act as the schema of their
+group: a key's value must have the type that key has in some option of the group (an
+int is accepted for a float; null and interpolations in the files accept anything).
+Semantic rules follow: ranges, names, shapes, paths. Every violation is one line
+`key=value: expected ...`; `python -m mucs_pipeline` prints them and exits with status 2
+before anything is written to the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mucs_pipeline.layout import STAGES, conf_dir
+
+GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
+DATASETS = ("digits", "folder", "cifar10", "artbench10", "coco")
+METHODS = (
+    "mucs", "random", "pixel", "condition", "clip", "dino", "dtrak", "das", "forward_inf",
+    "abu", "ensemble",
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """One or more config violations, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n" + "\n".join(problems))
+
+
+def _type_name(value: Any) -> str | None:
+    """The schema type of a value in a shipped file (None: accepts anything)."""
+    if value is None or (isinstance(value, str) and "${" in value):
+        return None
+    for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
+        if isinstance(value, t):
+            return name
+    return "list" if isinstance(value, list) else "dict"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def schema() -> dict[str, set[str | None]]:
+    """key -> the types it has across the shipped files (groups and config.yaml)."""
+    types: dict[str, set[str | None]] = {}
+    root = conf_dir()
+    files = [(root / "config.yaml", "")]
+    files += [(f, f"{g}.") for g in GROUPS for f in sorted((root / g).glob("*.yaml"))]
+    for path, prefix in files:
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        tree.pop("hydra", None)
+        for key, value in _leaves(tree, prefix).items():
+            types.setdefault(key, set()).add(_type_name(value))
+    return types
+
+
+def _matches(value: Any, allowed: set[str | None]) -> bool:
+    if None in allowed or value is None:
+        return True
+    actual = _type_name(value)
+    return actual in allowed or (actual == "int" and "float" in allowed)
+
+
+def check_types(cfg: dict, problems: list[str]) -> None:
+    types = schema()
+    for key, value in _leaves(cfg).items():
+        allowed = types.get(key)
+        if allowed is not None and not _matches(value, allowed):
+            expected = " or ".join(sorted(t for t in allowed if t))
+            problems.append(f"{key}={value!r}: expected a value of type {expected}")
+
+
+def _get(cfg: dict, key: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_ranges(cfg: dict, problems: list[str]) -> None:
+    """Numeric ranges: (key, test, expectation); absent keys are not checked."""
+    positive_int = (lambda v: isinstance(v, int) and v > 0, "an integer > 0")
+    rules = [
+        ("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        ("generate.num_items", *positive_int),
+        ("generate.num_controls", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        ("generate.num_steps", *positive_int),
+        ("generate.cfg_weight", lambda v: v >= 0, "a number >= 0"),
+        ("pretrain.steps", *positive_int),
+        ("pretrain.batch_size", *positive_int),
+        ("pretrain.lr", lambda v: v > 0, "a number > 0"),
+        ("pretrain.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        ("pretrain.cond_drop", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        ("pretrain.augment_p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        ("retrain.steps", *positive_int),
+        ("null_loss.batch_size", *positive_int),
+        ("null_loss.num_batches", *positive_int),
+        ("evaluate.k_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+        ("evaluate.alpha", lambda v: 0 < v < 1, "a significance level in (0, 1)"),
+        ("method.lam", lambda v: v > 0, "a number > 0"),
+        ("method.max_steps", *positive_int),
+        ("method.num_noises", *positive_int),
+        ("method.schedule_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+        ("method.eps", lambda v: v > 0, "a number > 0"),
+        ("method.stop_ratio", lambda v: v > 0, "a number > 0"),
+        ("method.items_per_pass", *positive_int),
+        ("model.hidden", *positive_int),
+        ("model.depth", *positive_int),
+        ("model.heads", *positive_int),
+        ("model.patch", *positive_int),
+        ("dataset.resolution", *positive_int),
+        ("trainer.devices", *positive_int),
+    ]
+    for key, test, expected in rules:
+        value = _get(cfg, key)
+        if not _number(value):
+            continue  # absent, or a wrong type that check_types reports
+        if math.isnan(value) or not test(value):
+            problems.append(f"{key}={value!r}: expected {expected}")
+
+
+def check_semantics(cfg: dict, problems: list[str]) -> None:
+    unknown = [s for s in cfg.get("stages", []) if s not in STAGES]
+    if unknown:
+        problems.append(f"stages={cfg['stages']}: unknown {unknown}, expected some of {STAGES}")
+    method = cfg.get("method", {})
+    kind = method.get("kind", method.get("name"))
+    if kind not in METHODS:
+        problems.append(f"method.name={kind!r}: expected one of {', '.join(METHODS)}")
+    dataset = cfg.get("dataset", {})
+    if dataset.get("name") not in DATASETS:
+        problems.append(f"dataset.name={dataset.get('name')!r}: expected one of {DATASETS}")
+    model, res = cfg.get("model", {}), dataset.get("resolution")
+    if all(_number(v) and v > 0 for v in (model.get("hidden"), model.get("heads"))):
+        if model["hidden"] % model["heads"]:
+            heads, hidden = model["heads"], model["hidden"]
+            problems.append(f"model.heads={heads}: expected a divisor of model.hidden={hidden}")
+    strides, patch = model.get("conv_strides") or [], model.get("patch")
+    if isinstance(res, int) and isinstance(patch, int) and patch > 0:
+        scale = math.prod(s for s in strides if isinstance(s, int)) or 1
+        if res % scale or (res // scale) % patch:
+            problems.append(
+                f"dataset.resolution={res}: expected a multiple of prod(model.conv_strides)="
+                f"{scale} x model.patch={patch}"
+            )
+    conditional = dataset.get(
+        "conditional", dataset.get("name") in ("digits", "artbench10", "coco")
+    )
+    weight = _get(cfg, "generate.cfg_weight")
+    if not conditional and _number(weight) and weight != 1.0:
+        problems.append(
+            f"generate.cfg_weight={weight}: classifier-free guidance needs a conditional "
+            "dataset (this one is unconditional); expected 1.0"
+        )
+    metrics = _get(cfg, "metric.names") or []
+    from mucs_pipeline.evaluation.metrics import METRICS
+
+    for name in metrics:
+        if name not in METRICS:
+            problems.append(
+                f"metric.names={metrics}: unknown {name!r}, expected some of {sorted(METRICS)}"
+            )
+    accelerator = _get(cfg, "trainer.accelerator")
+    if accelerator not in ("cpu", "gpu"):
+        problems.append(f"trainer.accelerator={accelerator!r}: expected cpu or gpu")
+    elif accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("trainer.accelerator='gpu': no CUDA device is visible; use trainer=cpu")
+
+
+def check_paths(cfg: dict, problems: list[str]) -> None:
+    """Data and weight files that the configured stages will read."""
+    dataset = cfg.get("dataset", {})
+    root = dataset.get("root")
+    if root is not None and not dataset.get("download", False) and not Path(root).exists():
+        problems.append(
+            f"dataset.root={root!r}: no such folder (see README, 'The paper's experiments', "
+            "for what to download and where)"
+        )
+    method = cfg.get("method", {})
+    weights = method.get("weights") if method.get("name") == "dino" else None
+    if isinstance(weights, str) and not Path(weights).exists():
+        problems.append(f"method.weights={weights!r}: no such file (DINOv2 ViT-B/14 weights)")
+    metric = cfg.get("metric", {})
+    names = metric.get("names") or []
+    if not metric.get("skip_unavailable", False):
+        for name, key in (("sscd", "sscd_weights"), ("dino", "dino_weights")):
+            path = metric.get(key)
+            if name in names and isinstance(path, str) and not Path(path).exists():
+                problems.append(f"metric.{key}={path!r}: no such file (needed by metric {name})")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every violation of `cfg` (a composed run config)."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError([f"{err.full_key}: {err.msg}"]) from None
+    tree.pop("hydra", None)
+    problems: list[str] = []
+    check_types(tree, problems)
+    check_ranges(tree, problems)
+    if not problems:  # the semantic rules assume well-typed values
+        check_semantics(tree, problems)
+        check_paths(tree, problems)
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_training_set(cfg: DictConfig, num_train: int) -> None:
+    """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining)."""
+    from mucs_pipeline.stages.retrain import top_k
+
+    k, m = top_k(num_train, cfg.evaluate.k_fraction), cfg.generate.num_items
+    if k * m > num_train:
+        raise ConfigError(
+            [
+                f"evaluate.k_fraction={cfg.evaluate.k_fraction}: k x m = {k} x {m} exceeds the "
+                f"{num_train} training items; expected k x generate.num_items <= |Z|"
+            ]
+        )

@@ -1,0 +1,343 @@
+"""`make bench`: how fast the scoring engine and the attribution methods run on this machine.
+
+Everything is measured in one process, side by side, and written to docs/benchmarks.md
+(with the machine and the command) and docs/benchmarks.json:
+
+- the matmul peak: FLOP/s of large square torch.matmul, same dtype as scoring;
+- scoring throughput (loss evaluations per second) of the engine against a naive loop
+  that recomputes F1's loss and evaluates one (item, noise pair) at a time;
+- the speedup of caching F1's losses (per-item scoring: F1 + F2 grids against F2 alone);
+- achieved FLOP/s of scoring (analytic FLOPs of the forward, from torch's FlopCounterMode)
+  as a fraction of the matmul peak, for the tiny DiT and a mid-size one (width 384),
+  eager and compiled;
+- per-item attribution wall time of MUCS, D-TRAK, DAS, AbU and Forward-INF on the same
+  briefly trained model and data (setup amortised over m = 20 items, as in a run);
+- on a GPU, the same plus the projected minutes per CIFAR10 item with DiT/B.
+
+Ratios in the JSON are "higher is better". Nothing here is asserted: targets are printed
+next to the numbers and a missed target says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
+from mucs_pipeline.data import build_dataset
+from mucs_pipeline.layout import conf_dir
+from mucs_pipeline.models import build_diffusion, build_model
+from mucs_pipeline.stages.null_loss import estimate_loss_null
+from mucs_pipeline.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+MID = ["model.hidden=384", "model.depth=6", "model.heads=6", "model.cond_width=384"]
+TARGETS = {  # issue 7
+    "cache_speedup": 1.9,
+    "scoring_mfu_mid": 0.5,
+    "mucs_vs_dtrak": 3.0,
+    "mucs_vs_das": 3.0,
+}
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=["logger=csv", "trainer.progress_bar=false", *overrides])
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def timed(fn, repeats: int = 1) -> float:
+    """Best wall time of `repeats` calls (seconds), after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
+
+
+def forward_flops(net, diffusion, data) -> int:
+    """FLOPs of one sample's loss evaluation (the network forward dominates)."""
+    cond = None if data.cond is None else data.cond[:1]
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        diffusion.loss(net, data.x[:1], cond, torch.ones(1), torch.randn_like(data.x[:1]))
+    return counter.get_total_flops()
+
+
+def perturbed(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A stand-in for F2: F1 with 1% noise on every weight."""
+    other = copy.deepcopy(net)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), net.parameters(), strict=True):
+            p.copy_(q + 0.01 * q.abs().mean() * torch.randn(q.shape, generator=gen))
+    return other.eval()
+
+
+def naive_rate(f1, f2, diffusion, data, bank, items: int) -> float:
+    """F2 loss evaluations per second of the per-item loop: for each (item, pair), F1's loss
+    again and F2's loss, one forward at a time."""
+    cond = data.cond
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(items):
+            for j in range(len(bank.sigma)):
+                args = (
+                    data.x[i : i + 1],
+                    None if cond is None else cond[i : i + 1],
+                    bank.sigma[j : j + 1],
+                    bank.noise[j : j + 1],
+                )
+                diffusion.loss(f1, *args)
+                diffusion.loss(f2, *args)
+    return items * len(bank.sigma) / (time.perf_counter() - start)
+
+
+def cache_speedup(cfg, f1, f2, diffusion, data, bank) -> float:
+    """Per-item scoring time recomputing F1's grid (F1 + F2) over the cached one (F2)."""
+    seconds = [
+        timed(lambda net=net: loss_matrix(net, diffusion, data, bank, 2048, cfg.trainer))
+        for net in (f1, f2)
+    ]
+    return sum(seconds) / seconds[1]
+
+
+def engine(cfg, net, data, bank, compile: bool = False) -> float:
+    """Loss evaluations per second of the engine (one network, the whole grid)."""
+    tc = cfg.trainer.copy()
+    tc.compile_scoring = compile
+    diffusion = build_diffusion(cfg.diffusion)
+    batch = cfg.method.score_batch
+
+    def run():
+        loss_matrix(net, diffusion, data, bank, batch, tc)
+
+    seconds = timed(run)  # the warm-up call compiles
+    return len(data) * len(bank.sigma) / seconds
+
+
+def scoring_section(args, peak: float) -> tuple[dict, list[str]]:
+    results, rows = {}, []
+    for name, overrides, items in (("tiny", [], args.train_items), ("mid", MID, args.mid_items)):
+        cfg = config(f"dataset.subset={items}", *overrides, *args.trainer)
+        data = build_dataset(cfg.dataset)
+        diffusion = build_diffusion(cfg.diffusion)
+        net = build_model(cfg.model, data.x.shape[-1], data.x.shape[1], data.cond_dim).eval()
+        bank = noise_bank(diffusion, tuple(data.x.shape[1:]), args.num_noises, 0.7, 0)
+        flops = forward_flops(net, diffusion, data)
+        params = sum(p.numel() for p in net.parameters())
+        for compiled in (False, True):
+            if compiled and not args.compile:
+                continue
+            rate = engine(cfg, net, data, bank, compile=compiled)
+            mfu = rate * flops / peak
+            tag = f"{name}_{'compiled' if compiled else 'eager'}"
+            results[f"scoring_rate_{tag}"] = rate
+            results[f"scoring_mfu_{tag}"] = mfu
+            rows.append(
+                f"| {name} ({params / 1e6:.2f}M params, {flops / 1e6:.1f} MFLOP/forward)"
+                f"{', compiled' if compiled else ''} | {rate:,.0f} | {rate * flops / 1e9:.1f} "
+                f"| {mfu:.1%} |"
+            )
+        if name == "tiny":
+            f2 = perturbed(net, 1)
+            naive = naive_rate(net, f2, diffusion, data, bank, args.naive_items)
+            results["naive_rate_tiny"] = naive
+            results["engine_vs_naive"] = results["scoring_rate_tiny_eager"] / naive
+            results["cache_speedup"] = cache_speedup(cfg, net, f2, diffusion, data, bank)
+        # The engine's best configuration on this machine (compiled where it was measured).
+        results[f"scoring_mfu_{name}"] = max(
+            v for k, v in results.items() if k.startswith(f"scoring_mfu_{name}_")
+        )
+    return results, rows
+
+
+def methods_section(args) -> tuple[dict, list[str]]:
+    """Per-item attribution time of each loss- or gradient-based method, same F1 and data."""
+    overrides = [f"dataset.subset={args.train_items}", *args.trainer]
+    cfg = config(*overrides, f"pretrain.steps={args.pretrain_steps}")
+    data = build_dataset(cfg.dataset)
+    diffusion = build_diffusion(cfg.diffusion)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = logging.getLogger("bench")
+        log.info("training F1 for %d steps", args.pretrain_steps)
+        f1 = train(cfg, data, diffusion, Path(tmp) / "pretrain", args.pretrain_steps)
+        loss_null = estimate_loss_null(cfg, data, diffusion)
+        images = data.x[: args.items]
+        conds = None if data.cond is None else data.cond[: args.items]
+        times, rows = {}, []
+        for method in ("mucs", "dtrak", "das", "abu", "forward_inf"):
+            mcfg = config(*overrides, f"method={method}")
+            ctx = Context(
+                cfg=mcfg, data=data, diffusion=diffusion, net=f1, loss_null=loss_null,
+                device=torch.device("cuda" if args.gpu else "cpu"),
+                cache_dir=Path(tmp) / "cache" / method,
+            )  # fmt: skip
+            start = time.perf_counter()
+            scorer = build_method(mcfg.method, ctx)
+            scorer.prepare(images, conds)
+            setup = time.perf_counter() - start
+            start = time.perf_counter()
+            for i in range(args.items):
+                scorer.score(i, images[i], None if conds is None else conds[i : i + 1])
+            per_item = (time.perf_counter() - start) / args.items
+            times[method] = setup / 20 + per_item
+            rows.append(f"| {method} | {setup:.1f} | {per_item:.2f} | {times[method]:.2f} |")
+    results = {f"seconds_per_item_{m}": t for m, t in times.items()}
+    for other in ("dtrak", "das", "abu", "forward_inf"):
+        results[f"mucs_vs_{other}"] = times[other] / times["mucs"]
+    return results, rows
+
+
+def projected_cifar10(rate_flops: float) -> dict:
+    """Minutes per CIFAR10 item with DiT/B at the achieved FLOP/s: |Z| x |N| forwards of F2."""
+    cfg = config("+experiment=cifar10_mucs", "dataset.download=false")
+    net = build_model(cfg.model, 32, 3, 0).eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(torch.zeros(1, 3, 32, 32), torch.zeros(1), None)
+    forwards = 50000 * cfg.method.num_noises
+    minutes = forwards * counter.get_total_flops() / rate_flops / 60
+    return {"cifar10_dit_b_minutes_per_item": minutes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-items", type=int, default=600, help="|Z| (digits subset)")
+    parser.add_argument("--mid-items", type=int, default=100, help="|Z| for the mid-size DiT")
+    parser.add_argument("--num-noises", type=int, default=60, help="|N| for throughput")
+    parser.add_argument("--naive-items", type=int, default=20, help="items of the naive loop")
+    parser.add_argument("--items", type=int, default=2, help="generated items per method")
+    parser.add_argument("--pretrain-steps", type=int, default=400, help="F1 training steps")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    args.gpu = torch.cuda.is_available()
+    args.trainer = ["trainer=gpu"] if args.gpu else []
+    device = torch.device("cuda" if args.gpu else "cpu")
+    dtype = torch.float32  # scoring runs in float32 (bf16 is a switch, off by default)
+
+    info = machine()
+    peak = matmul_flops(device, dtype)
+    results: dict = {"matmul_gflops": peak / 1e9}
+    logging.info("matmul peak %.1f GFLOP/s", peak / 1e9)
+    scoring, scoring_rows = scoring_section(args, peak)
+    results.update(scoring)
+    logging.info("scoring %s", scoring)
+    methods, method_rows = methods_section(args)
+    results.update(methods)
+    if args.gpu:
+        results.update(projected_cifar10(results["scoring_mfu_mid"] * peak))
+    if args.gpu:
+        results["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:  # Linux reports kilobytes
+        results["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    command = "make bench  # " + " ".join(["python scripts/bench.py", *sys.argv[1:]])
+    verdicts = [
+        f"| `{k}` | {results[k]:.2f} | >= {t} | {'met' if results[k] >= t else 'MISSED'} |"
+        for k, t in TARGETS.items()
+    ]
+    md = [
+        "# Benchmarks",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}` (one process).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        f"Matmul peak ({dtype}, {device.type}): {results['matmul_gflops']:.1f} GFLOP/s.",
+        "",
+        "## Scoring engine",
+        "",
+        f"Loss grid of {args.train_items} (tiny) or {args.mid_items} (mid) digits training "
+        f"items x {args.num_noises} pairs, float32, `score_batch` 2000 forwards.",
+        "",
+        "| model | loss evaluations / s | GFLOP/s | of matmul peak |",
+        "|---|---|---|---|",
+        *scoring_rows,
+        "",
+        f"- Naive loop (F1 recomputed, one pair at a time, {args.naive_items} items): "
+        f"{results['naive_rate_tiny']:,.0f} F2 evaluations / s; the engine is "
+        f"{results['engine_vs_naive']:.1f}x faster.",
+        f"- F1 cache: per-item scoring {results['cache_speedup']:.2f}x faster than "
+        "recomputing F1's grid for every item.",
+        "",
+        "## Attribution time per generated item",
+        "",
+        f"Same F1 (tiny DiT, {args.pretrain_steps} steps), {args.train_items} training items,"
+        f" {args.items} items timed; setup (caches, features, Fisher) amortised over m = 20.",
+        "",
+        "| method | setup s | per item s | amortised s / item |",
+        "|---|---|---|---|",
+        *method_rows,
+        "",
+        "## Targets (issue 7)",
+        "",
+        "| key | value | target | |",
+        "|---|---|---|---|",
+        *verdicts,
+        "",
+        f"Peak memory: {results['peak_memory_mb']:.0f} MB.",
+    ]
+    if "cifar10_dit_b_minutes_per_item" in results:
+        md.append(
+            f"Projected CIFAR10 DiT/B: {results['cifar10_dit_b_minutes_per_item']:.1f} min "
+            "of F2 scoring per item at the mid-size model's achieved FLOP/s."
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.md").write_text("\n".join(md) + "\n")
+    (args.out / "benchmarks.json").write_text(
+        json.dumps({"machine": info, "command": command, **results}, indent=2) + "\n"
+    )
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

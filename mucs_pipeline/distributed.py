@@ -38,8 +38,9 @@ def setup(cfg: DictConfig) -> None:
     """Join the job's process group (no-op for a single process)."""
     env = _environment()
     tc = cfg.trainer
+    strategy = tc.get("strategy", "auto")
     processes = tc.get("devices", 1) * tc.get("num_nodes", 1)
-    if env is None and tc.get("strategy") == "ddp" and processes > 1:
+    if env is None and strategy == "ddp" and processes > 1:
         raise ValueError(
             f"trainer=ddp with trainer.devices={tc.devices} runs one process per device: "
             f"start them with torchrun --nproc_per_node={tc.devices} -m mucs_pipeline ... "
@@ -47,14 +48,14 @@ def setup(cfg: DictConfig) -> None:
         )
     if env is None or initialized():
         return
-    if cfg.trainer.get("strategy", "auto") != "ddp":
+    if strategy != "ddp":
         raise ValueError(
-            f"{env.world_size()} processes were launched, but trainer.strategy="
-            f"{cfg.trainer.get('strategy', 'auto')!r}: use trainer=ddp (or launch one process)"
+            f"{env.world_size()} processes were launched, but trainer.strategy={strategy!r}: "
+            "use trainer=ddp (or launch one process)"
         )
     os.environ.setdefault("MASTER_ADDR", env.main_address)
     os.environ.setdefault("MASTER_PORT", str(env.main_port))
-    backend = "nccl" if cfg.trainer.accelerator == "gpu" else "gloo"
+    backend = "nccl" if tc.accelerator == "gpu" else "gloo"
     dist.init_process_group(backend, rank=env.global_rank(), world_size=env.world_size())
     if backend == "nccl":
         torch.cuda.set_device(local_rank())

@@ -276,9 +276,8 @@ class Layout:
         lock = FileLock(folder.parent / f".{folder.name}.lock")
         done = None
         if dist.is_main():
-            done = self.manifest(stage, method)
-            if done is None or self.cfg.force:
-                done = None
+            done = None if self.cfg.force else self.manifest(stage, method)
+            if done is None:
                 # Sweep jobs that share a unit (one F1 for every lambda) run it once: the
                 # others wait here, then find its manifest. The OS drops a killed job's lock.
                 folder.parent.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,12 @@ def run(cfg: DictConfig) -> dict:
         logging.getLogger(name).setLevel(logging.WARNING)
     dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
     layout = Layout(cfg)
-    if "retrain" in cfg.stages:
-        from mucs_pipeline.stages import common
+    from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
+    if "retrain" in cfg.stages:
         check_training_set(cfg, len(common.dataset(cfg)))
     if cfg.plan:
         from mucs_pipeline import plan
-        from mucs_pipeline.stages import common
 
         data = common.dataset(cfg)
         rows = plan.units(cfg, layout, len(data), data.cond is not None)

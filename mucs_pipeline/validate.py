@@ -10,6 +10,7 @@ before anything is written to the run folder.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mucs_pipeline.attribution.base import METHODS
+from mucs_pipeline.data.base import DATASETS
 from mucs_pipeline.layout import STAGES, conf_dir
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
-DATASETS = ("digits", "folder", "cifar10", "artbench10", "coco")
-METHODS = (
-    "mucs", "random", "pixel", "condition", "clip", "dino", "dtrak", "das", "forward_inf",
-    "abu", "ensemble",
-)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -57,6 +55,7 @@ def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.cache  # the shipped files do not change while a process runs
 def schema() -> dict[str, set[str | None]]:
     """key -> the types it has across the shipped files (groups and config.yaml)."""
     types: dict[str, set[str | None]] = {}
@@ -152,7 +151,7 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
         problems.append(f"method.name={kind!r}: expected one of {', '.join(METHODS)}")
     dataset = cfg.get("dataset", {})
     if dataset.get("name") not in DATASETS:
-        problems.append(f"dataset.name={dataset.get('name')!r}: expected one of {DATASETS}")
+        problems.append(f"dataset.name={dataset.get('name')!r}: expected one of {tuple(DATASETS)}")
     model, res = cfg.get("model", {}), dataset.get("resolution")
     if all(_number(v) and v > 0 for v in (model.get("hidden"), model.get("heads"))):
         if model["hidden"] % model["heads"]:

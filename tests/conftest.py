@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,20 @@ METHOD_MICRO = {
         "+method.overrides.mucs={max_steps: 3, num_noises: 10, batch_size: 20, ga_draws: 20}",
     ],
 }
+
+
+def cli_command(runs: Path, *args: str) -> list[str]:
+    """`python -m mucs_pipeline` with the micro settings, writing under `runs`."""
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags come before overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return [sys.executable, "-m", "mucs_pipeline", *flags, *MICRO, f"paths.runs_dir={runs}",
+            *overrides]  # fmt: skip
+
+
+def run_cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cli_command(runs, *args), cwd=CONF.parent, capture_output=True, text=True, timeout=900
+    )
 
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, MICRO, make_cfg
+from conftest import CONF, MICRO, cli_command, make_cfg, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -21,17 +21,8 @@ from mucs_pipeline.layout import Layout
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def command(runs: Path, *args: str) -> list[str]:
-    flags = [a for a in args if a.startswith("-")]  # Hydra's flags come before overrides
-    overrides = [a for a in args if not a.startswith("-")]
-    return [sys.executable, "-m", "mucs_pipeline", *flags, *MICRO, f"paths.runs_dir={runs}",
-            *overrides]  # fmt: skip
-
-
 def cli(runs: Path, *args: str) -> str:
-    done = subprocess.run(
-        command(runs, *args), cwd=ROOT, capture_output=True, text=True, timeout=900
-    )
+    done = run_cli(runs, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -131,14 +122,14 @@ def test_kill_9_mid_scoring_and_mid_retraining_resumes_to_the_same_result(tmp_pa
     cli(reference, *args)
     root = killed / "digits" / "seed0"
 
-    proc = subprocess.Popen(command(killed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli_command(killed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     kill_when(proc, "attribute/mucs-*/items/item0001.pt", root)
     items = root.glob("attribute/mucs-*/items/*.pt")
     finished = {p: p.stat().st_mtime_ns for p in items}
     assert 2 <= len(finished) < 5 and not list(root.glob("attribute/mucs-*/scores.pt"))
 
-    proc = subprocess.Popen(command(killed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli_command(killed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     kill_when(proc, "retrain/*/checkpoints/last.ckpt", root)
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not recomputed

@@ -1,21 +1,17 @@
 """Config validation: bad input stops with exit code 2 and one line per problem, before
 anything is written; property tests over numeric values."""
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MICRO, make_cfg
+from conftest import MICRO, make_cfg, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from mucs_pipeline.evaluation.metrics import neg_mse
 from mucs_pipeline.validate import ConfigError, validate
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # (overrides, the start of the one line naming the key and the value)
 MALFORMED = [
@@ -55,13 +51,6 @@ MALFORMED = [
         "metric.sscd_weights='/no.pt': no such file",
     ),
 ]
-
-
-def run_cli(tmp_path, *overrides):
-    return subprocess.run(
-        [sys.executable, "-m", "mucs_pipeline", *MICRO, f"paths.runs_dir={tmp_path}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("overrides,message", MALFORMED, ids=[" ".join(o) for o, _ in MALFORMED])

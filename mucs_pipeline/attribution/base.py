@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +51,27 @@ class Method:
         return [self.score(i, x, c) for i, x, c in zip(indices, images, conds, strict=True)]
 
 
+# method kind -> (module of mucs_pipeline.attribution, class), imported on use
+METHODS = {
+    "mucs": ("mucs", "MUCS"),
+    "random": ("random", "Random"),
+    "pixel": ("similarity", "Pixel"),
+    "condition": ("similarity", "Condition"),
+    "clip": ("similarity", "CLIP"),
+    "dino": ("similarity", "DINO"),
+    "dtrak": ("dtrak", "DTRAK"),
+    "das": ("dtrak", "DAS"),
+    "forward_inf": ("ascent", "ForwardINF"),
+    "abu": ("ascent", "AbU"),
+    "ensemble": ("ensemble", "Ensemble"),
+}
+
+
 def build_method(cfg: DictConfig, ctx: Context) -> Method:
     """The method of a method config (`kind` when several configs share one class)."""
-    from mucs_pipeline.attribution.ascent import AbU, ForwardINF
-    from mucs_pipeline.attribution.dtrak import DAS, DTRAK
-    from mucs_pipeline.attribution.ensemble import Ensemble
-    from mucs_pipeline.attribution.mucs import MUCS
-    from mucs_pipeline.attribution.random import Random
-    from mucs_pipeline.attribution.similarity import CLIP, DINO, Condition, Pixel
-
-    classes = (MUCS, Random, Pixel, Condition, CLIP, DINO, DTRAK, DAS, ForwardINF, AbU, Ensemble)
-    methods = {m.name: m for m in classes}
     kind = cfg.get("kind", cfg.name)
-    if kind not in methods:
-        raise ValueError(f"method.name={kind!r}: expected one of {sorted(methods)}")
-    return methods[kind](cfg, ctx)
+    if kind not in METHODS:
+        raise ValueError(f"method.name={kind!r}: expected one of {sorted(METHODS)}")
+    module, name = METHODS[kind]
+    cls = getattr(importlib.import_module(f"mucs_pipeline.attribution.{module}"), name)
+    return cls(cfg, ctx)

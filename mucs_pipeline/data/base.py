@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import torch
@@ -59,18 +60,19 @@ def take_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
     return data.subset(idx.sort().values)
 
 
+# dataset.name -> the module of mucs_pipeline.data whose load(cfg) builds it (imported on use)
+DATASETS = {
+    "digits": "digits",
+    "folder": "folder",
+    "cifar10": "cifar",
+    "artbench10": "artbench",
+    "coco": "coco",
+}
+
+
 def build_dataset(cfg: DictConfig) -> ImageData:
     """Build the training set named by `cfg.name` (dataset group)."""
-    from mucs_pipeline.data import artbench, cifar, coco, digits, folder
-
-    builders = {
-        "digits": digits.load,
-        "folder": folder.load,
-        "cifar10": cifar.load,
-        "artbench10": artbench.load,
-        "coco": coco.load,
-    }
-    if cfg.name not in builders:
-        raise ValueError(f"dataset.name={cfg.name!r}: expected one of {sorted(builders)}")
-    data = builders[cfg.name](cfg)
+    if cfg.name not in DATASETS:
+        raise ValueError(f"dataset.name={cfg.name!r}: expected one of {sorted(DATASETS)}")
+    data = importlib.import_module(f"mucs_pipeline.data.{DATASETS[cfg.name]}").load(cfg)
     return take_subset(data, cfg.get("subset"), cfg.get("subset_seed", 0))

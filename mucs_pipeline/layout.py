@@ -91,14 +91,16 @@ class IntegrityError(RuntimeError):
     """An artifact differs from the content hash its manifest recorded (strict=true)."""
 
 
-def load(path: Path) -> Any:
+def load(path: Path, mmap: bool = False) -> Any:
     """Load an artifact written by this pipeline (tensors and plain containers only).
 
     torch's weights_only unpickler refuses anything else, such as a pickle crafted to
     call a function on load; that is reported as an UnsafeFileError naming the file.
+    `mmap` maps the tensors' storage from the file instead of reading it into memory, so
+    that indexing a large cached matrix reads only the rows it touches.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise UnsafeFileError(
             f"refusing to load {path}: it holds more than tensors and plain containers "

@@ -107,6 +107,23 @@ def test_a_damping_sweep_reuses_the_training_features(trained, tmp_path):
     assert not torch.equal(*scores)  # the damping still acts on the kernel
 
 
+def test_das_training_weights_follow_the_formula_and_are_cached(trained, tmp_path):
+    """r_i = mean_j e_ij / ||e_i||, e_ij = sqrt(L(z_i, draw j)); computed once per run."""
+    from mucs_pipeline.attribution.scoring import loss_matrix
+
+    cfg, data, edm, f1, _ = trained
+    ctx = context(trained, 1.7, tmp_path / "cache")
+    das_cfg = method_cfg(tmp_path, "das", *FAST["das"], "params=[final.linear.bias]")
+    first = build_method(das_cfg, ctx)
+    assert len(list((tmp_path / "cache").glob("das_weights-*.pt"))) == 1
+    err = loss_matrix(f1, edm, data, first.bank, 400).sqrt()
+    expected = (err / err.norm(dim=1, keepdim=True)).mean(dim=1)
+    torch.testing.assert_close(first.weights, expected, atol=1e-5, rtol=1e-5)
+    cached = next((tmp_path / "cache").glob("das_weights-*.pt"))
+    torch.save(first.weights * 2, cached)  # a second run must read this file, not recompute
+    assert torch.equal(build_method(das_cfg, ctx).weights, first.weights * 2)
+
+
 def test_ensemble_of_one_method_reproduces_its_ranking(trained, tmp_path):
     cfg, data, *_ = trained
     pixel = build_method(method_cfg(tmp_path, "pixel"), context(trained, 1.7, tmp_path))

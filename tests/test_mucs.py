@@ -67,6 +67,20 @@ def test_cached_f1_losses_equal_recomputed(trained):
     torch.testing.assert_close(second.loss_f1, fresh, atol=1e-5, rtol=1e-5)
 
 
+def test_item_scores_are_the_skew_of_the_whole_loss_grids(trained):
+    """MUCS reduces F2's losses batch by batch; the result is Eq. 3 on the full matrices."""
+    from mucs_pipeline.attribution.scoring import loss_matrix, normalized_skew
+
+    cfg, data, edm, f1, tmp = trained
+    method = build_method(cfg.method, context(trained, 1.7, tmp / "cache-grid"))
+    scores, _ = method.score(9, data.x[9], data.cond[9:10])
+    f2, _ = method.unlearn(9, data.x[9], data.cond[9:10])  # the same seeded stream
+    loss_f1 = loss_matrix(f1, edm, data, method.bank, 500)
+    loss_f2 = loss_matrix(f2, edm, data, method.bank, 500)
+    expected = normalized_skew(loss_f1, loss_f2, cfg.method.eps)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_f1_losses_are_computed_once_per_run(trained, monkeypatch):
     from mucs_pipeline.attribution import scoring
 

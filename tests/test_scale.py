@@ -165,7 +165,7 @@ def test_two_ddp_processes_score_and_retrain_like_one(tmp_path):
     for name in ("attribute", "retrain", "cache"):  # F1 losses too are scored again
         shutil.rmtree(two / "digits" / "seed0" / name)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
          "mucs_pipeline", *MICRO, f"paths.runs_dir={two}", "+experiment=digits_mucs", stages,
          "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.compile_scoring=false",  # as on CPU: compiled kernels round differently

@@ -3,7 +3,13 @@ import torch
 from conftest import make_cfg, perturb
 from omegaconf import OmegaConf
 
-from mucs_pipeline.attribution.scoring import NoiseBank, loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.scoring import (
+    LossGrid,
+    NoiseBank,
+    loss_matrix,
+    noise_bank,
+    normalized_skew,
+)
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.models import EDM
 from mucs_pipeline.training import init_model
@@ -77,6 +83,30 @@ def perturbed_setup(tmp_path):
     net = perturb(init_model(cfg, data, seed=0)).eval()
     edm = EDM()
     return cfg, data, net, edm, noise_bank(edm, (1, 8, 8), 10, 0.7, seed=1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_reduced_scoring_equals_the_full_grid_and_holds_one_batch(tmp_path, monkeypatch, k):
+    """Scores reduced inside the predict step (how generated items are scored) equal the
+    score rule on the whole loss grid; the predictions hold per-item values only."""
+    cfg, data, net, edm, bank = perturbed_setup(tmp_path)
+    nets = [perturb(init_model(cfg, data, seed=0), seed=s).eval() for s in range(k)]
+    loss_f1 = loss_matrix(net, edm, data, bank, 400)
+    full = loss_matrix(nets, edm, data, bank, 400)  # (k, |Z|, |N|)
+    outputs = []
+    predict = LossGrid.predict_step
+    monkeypatch.setattr(
+        LossGrid, "predict_step", lambda self, *a: outputs.append(predict(self, *a)) or outputs[-1]
+    )
+    reduced = loss_matrix(
+        nets, edm, data, bank, 400,
+        reduce=lambda items, losses: normalized_skew(loss_f1[items], losses, 1e-3),
+    )  # fmt: skip
+    assert reduced.shape == (k, len(data))
+    torch.testing.assert_close(reduced, normalized_skew(loss_f1, full, 1e-3))
+    per = 400 // (10 * k)  # training items per batch
+    assert len(outputs) == -(-len(data) // per)
+    assert all(values.shape == (k, len(idx)) for idx, values, *_ in outputs)
 
 
 def test_compiled_scoring_agrees_with_eager(tmp_path):

@@ -58,11 +58,11 @@ class LossChange(Method):
     def loss_change(self, net, index: int) -> torch.Tensor:
         """mean_j L(z_i; net) - mean_j L(z_i; F1), per training item."""
         ctx = self.ctx
-        after = loss_matrix(
+        return loss_matrix(
             net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.cfg.trainer,
             desc=f"score item {index}", bf16=ctx.cfg.trainer.bf16_scoring,
+            reduce=lambda items, after: after.mean(dim=-1) - self.loss_f1[items],
         )  # fmt: skip
-        return after.mean(dim=1) - self.loss_f1
 
     def ascended_copy(self) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
         """A copy of F1 (eval mode: no dropout) with only the selected weights trainable."""

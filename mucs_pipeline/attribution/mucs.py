@@ -43,14 +43,19 @@ class MUCS(Method):
         # k unlearned models scored in one vmapped pass; S-C2 draws noises per item.
         self.items_per_pass = cfg.get("items_per_pass", 1) if self.consistent else 1
 
-    def _losses(self, net, desc: str, fresh: tuple | None = None):
-        """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|)."""
+    def _losses(self, net, desc: str, fresh: tuple | None = None, reduce=None):
+        """Losses of `net` on every (training item, noise-bank pair): (|Z|, |N|), or their
+        per-item `reduce` (see `loss_matrix`)."""
         ctx = self.ctx
         return loss_matrix(
             net, ctx.diffusion, ctx.data, self.bank, self.cfg.score_batch, ctx.cfg.trainer,
             desc=desc, bf16=ctx.cfg.trainer.bf16_scoring,
-            fresh_noise=None if self.consistent else fresh,
+            fresh_noise=None if self.consistent else fresh, reduce=reduce,
         )  # fmt: skip
+
+    def _skew(self, items, loss_f2):
+        """The score rule on one batch: F2's (k, b, |N|) losses against F1's rows."""
+        return SCORE_RULES[self.rule](self.loss_f1[items], loss_f2, self.cfg.eps)
 
     def _f1_losses(self):
         """F1 losses do not depend on the generated item: computed once per run, cached."""
@@ -71,17 +76,13 @@ class MUCS(Method):
 
     def score(self, index, x_hat, c_hat):
         f2, info = self.unlearn(index, x_hat, c_hat)
-        loss_f2 = self._losses(f2, f"score item {index}", fresh=("f2", self.ctx.cfg.seed, index))
-        return SCORE_RULES[self.rule](self.loss_f1, loss_f2, self.cfg.eps), info
+        fresh = ("f2", self.ctx.cfg.seed, index)
+        return self._losses(f2, f"score item {index}", fresh, self._skew), info
 
     def score_many(self, indices, images, conds):
         if len(indices) == 1:
             return [self.score(indices[0], images[0], conds[0])]
         items = zip(indices, images, conds, strict=True)
         f2s, infos = zip(*[self.unlearn(*item) for item in items], strict=True)
-        losses = self._losses(list(f2s), f"score items {indices}")  # (k, |Z|, |N|)
-        rule = SCORE_RULES[self.rule]
-        return [
-            (rule(self.loss_f1, loss, self.cfg.eps), info)
-            for loss, info in zip(losses, infos, strict=True)
-        ]
+        scores = self._losses(list(f2s), f"score items {indices}", reduce=self._skew)  # (k, |Z|)
+        return list(zip(scores, infos, strict=True))

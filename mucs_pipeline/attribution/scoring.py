@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -20,6 +21,9 @@ from mucs_pipeline.models import Diffusion
 from mucs_pipeline.training import NonFiniteLossError, placement
 
 log = logging.getLogger(__name__)
+
+# (training item ids (b,), their losses (k, b, |N|)) -> per-item values (k, b)
+Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -67,13 +71,15 @@ class LossGrid(L.LightningModule):
         bf16: bool,
         fresh_noise: tuple | None,
         compile: bool = False,
+        reduce: Reduce | None = None,
     ):
         super().__init__()
         self.nets = torch.nn.ModuleList(n.eval() for n in nets)  # moved to the device
         self.diffusion, self.data = diffusion, data
         self.register_buffer("sigma", bank.sigma)
         self.register_buffer("noise", bank.noise)
-        self.bf16, self.fresh_noise = bf16, fresh_noise
+        self.bf16, self.fresh_noise, self.reduce = bf16, fresh_noise, reduce
+        self.last_finite = float("nan")  # the last finite loss seen, for error messages
         self.losses = torch.compile(self._losses, dynamic=False) if compile else self._losses
 
     def on_predict_start(self) -> None:
@@ -98,7 +104,11 @@ class LossGrid(L.LightningModule):
 
         return torch.func.vmap(one)(params, buffers)
 
-    def predict_step(self, idx: torch.Tensor, _batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_step(self, idx: torch.Tensor, _batch_idx: int) -> tuple:
+        """(items, their values, (network, item, pair) of non-finite losses, last finite loss).
+
+        The values are the (k, b, |N|) losses, or `reduce(items, losses)`: then only this
+        batch's losses ever exist, and the predictions hold per-item values alone."""
         dev, idx = self.device, idx.cpu()
         b, n_pairs = len(idx), len(self.sigma)
         x = self.data.x[idx].to(dev).repeat_interleave(n_pairs, 0)
@@ -115,7 +125,14 @@ class LossGrid(L.LightningModule):
             ).to(dev)  # fmt: skip
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             losses = self.losses(x, cond, self.sigma.repeat(b), noises)
-        return idx, losses.view(len(self.nets), b, n_pairs).float().cpu()
+        losses = losses.view(len(self.nets), b, n_pairs).float().cpu()
+        finite = torch.isfinite(losses)
+        bad = (~finite).nonzero()
+        bad[:, 1] = idx[bad[:, 1]]  # batch positions -> training item ids
+        if finite.any():
+            self.last_finite = losses[finite][-1].item()
+        values = losses if self.reduce is None else self.reduce(idx, losses)
+        return idx, values, bad, self.last_finite
 
 
 def auto_batch(net: torch.nn.Module, data: ImageData, device: torch.device, k: int = 1) -> int:
@@ -151,6 +168,7 @@ def loss_matrix(
     desc: str = "score",
     bf16: bool = False,
     fresh_noise: tuple | None = None,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """L(z_i, sigma_j, n_j, F) for every training item i and pair j: (|Z|, |N|), or
     (k, |Z|, |N|) for a list of k networks, scored in the same pass.
@@ -158,11 +176,15 @@ def loss_matrix(
     A Lightning predict over the training items in batches of about `batch_pairs`
     forwards (the (item, pair) grid flattened; None: `auto_batch`), on the devices of
     `trainer_cfg` (None: this CPU). Under trainer=ddp a DistributedSampler splits the
-    items across the ranks and every rank receives the whole matrix. `bf16` runs the
+    items across the ranks and every rank receives the whole result. `bf16` runs the
     network under bfloat16 autocast (the loss itself stays float32);
     `trainer_cfg.compile_scoring` compiles the loss with torch.compile. `fresh_noise` (a
     stream key) replaces the bank's shared noises by independent ones per (item, pair),
     for the non-consistent ablation (Table 2, S-C2).
+
+    `reduce(items, losses)` maps each batch's (k, b, |N|) losses to per-item values
+    (k, b) inside the predict step; the result is then (|Z|,) or (k, |Z|). This is how
+    generated items are scored: the whole loss grid never exists, only one batch of it.
     """
     tc = trainer_cfg if trainer_cfg is not None else OmegaConf.create({"accelerator": "cpu"})
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
@@ -176,24 +198,28 @@ def loss_matrix(
         enable_progress_bar=bool(tc.get("progress_bar", False)),
     )  # fmt: skip
     module = LossGrid(
-        nets, diffusion, data, bank, bf16, fresh_noise, bool(tc.get("compile_scoring", False))
-    )
+        nets, diffusion, data, bank, bf16, fresh_noise, bool(tc.get("compile_scoring", False)),
+        reduce,
+    )  # fmt: skip
     parts = trainer.predict(module, loader)
-    log.debug("%s: rank %d scored %d of %d items", desc, dist.rank(), sum(len(i) for i, _ in parts),
+    log.debug("%s: rank %d scored %d of %d items", desc, dist.rank(), sum(len(p[0]) for p in parts),
               len(data))  # fmt: skip
-    out = torch.empty(len(nets), len(data), n_pairs)
+    out, bad, last = None, [], float("nan")
     for rank_parts in dist.gather(parts):
-        for idx, losses in rank_parts:
-            out[:, idx] = losses
-    bad = ~torch.isfinite(out)
-    if bad.any():
-        _, items, pairs = bad.nonzero(as_tuple=True)
-        finite = out[~bad]
-        last = f"{finite[-1].item():.4f}" if len(finite) else "none"
+        for idx, values, bad_part, last_finite in rank_parts:
+            if out is None:
+                out = torch.empty(len(nets), len(data), *values.shape[2:])
+            out[:, idx] = values
+            if len(bad_part):
+                bad.append(bad_part)
+                last = last_finite if math.isnan(last) else last
+    if bad:
+        bad = torch.cat(bad)
         raise NonFiniteLossError(
-            f"non-finite loss while scoring ({desc}): {int(bad.sum())} of {bad.numel()} losses, "
-            f"e.g. training items {items.unique()[:5].tolist()} at noise pairs "
-            f"{pairs.unique()[:5].tolist()}; last finite loss {last}"
+            f"non-finite loss while scoring ({desc}): {len(bad)} of "
+            f"{len(nets) * len(data) * n_pairs} losses, e.g. training items "
+            f"{bad[:, 1].unique()[:5].tolist()} at noise pairs {bad[:, 2].unique()[:5].tolist()}; "
+            f"last finite loss {last:.4f}"
         )
     return out if isinstance(net, (list, tuple)) else out[0]
 
@@ -207,8 +233,8 @@ def cached_loss_matrix(
     name everything the bank depends on.
     """
     path = ctx.cache_dir / f"f1_losses-{key}.pt"
-    if path.exists():
-        return io.load(path)
+    if path.exists():  # memory-mapped: scoring reads the rows of one batch at a time
+        return io.load(path, mmap=True)
     losses = loss_matrix(
         ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.cfg.trainer, desc=desc,
         bf16=ctx.cfg.trainer.bf16_scoring,
@@ -219,13 +245,13 @@ def cached_loss_matrix(
 
 
 def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (|Z|, |N|) -> (|Z|,)."""
-    return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=1)
+    """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (..., |N|) -> (...)."""
+    return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=-1)
 
 
 def loss_subtraction(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
     """Table 2, S-C1: the plain difference of mean losses, mean(L2) - mean(L1)."""
-    return loss_2.mean(dim=1) - loss_1.mean(dim=1)
+    return loss_2.mean(dim=-1) - loss_1.mean(dim=-1)
 
 
 SCORE_RULES = {"skew": normalized_skew, "subtract": loss_subtraction}

@@ -47,7 +47,7 @@ METHOD_MICRO = {
     "dtrak": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
     "das": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
     "forward_inf": ["method.num_noises=8", "method.ga_draws=16"],
-    "abu": ["method.num_noises=8", "method.ga_draws=16"],
+    "abu": ["method.num_noises=8", "method.ga_draws=16", "method.lr=1e-3"],  # 1e-2 diverges here
     "ensemble": [
         f"+method.overrides.dtrak={_GRAD}",
         f"+method.overrides.das={_GRAD}",

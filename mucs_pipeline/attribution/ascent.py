@@ -99,15 +99,12 @@ class AbU(LossChange):
     def _cached_fisher(self) -> dict[str, torch.Tensor]:
         ctx, cfg = self.ctx, self.cfg
         key = io.config_hash("fisher", cfg.params, cfg.fisher_epochs, cfg.chunk, ctx.cfg.seed)
-        path = ctx.cache_dir / f"fisher-{key}.pt"
-        if path.exists():
-            return io.load(path)
-        fisher = diagonal_fisher(
-            ctx.net, ctx, list(cfg.params), cfg.fisher_epochs, cfg.chunk, ctx.cfg.seed
+        return ctx.cached(
+            f"fisher-{key}.pt",
+            lambda: diagonal_fisher(
+                ctx.net, ctx, list(cfg.params), cfg.fisher_epochs, cfg.chunk, ctx.cfg.seed
+            ),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.atomic_save(fisher, path)
-        return fisher
 
     def score(self, index, x_hat, c_hat):
         net, _ = self.ascended_copy()

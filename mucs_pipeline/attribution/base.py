@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline import layout as io
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
 
@@ -25,6 +28,17 @@ class Context:
     device: torch.device
     cache_dir: Path  # per-run cache for quantities shared by all generated items
     components: dict[str, torch.Tensor] | None = None  # ensembles: other methods' (m, |Z|) scores
+
+    def cached(self, name: str, compute: Callable[[], Any], mmap: bool = False) -> Any:
+        """`compute()` once per run: read from `cache_dir/name` when a finished file is
+        there, else computed and written atomically. `mmap`: see `layout.load`."""
+        path = self.cache_dir / name
+        if path.exists():
+            return io.load(path, mmap=mmap)
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.atomic_save(value, path)
+        return value
 
 
 class Method:

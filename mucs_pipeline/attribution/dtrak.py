@@ -149,21 +149,18 @@ class DAS(DTRAK):
         """r_i, from F1's losses on the shared draws; computed once per run, cached."""
         ctx, cfg = self.ctx, self.cfg
         key = io.config_hash("das-weights", cfg.num_noises, ctx.cfg.seed)
-        path = ctx.cache_dir / f"das_weights-{key}.pt"
-        if path.exists():
-            return io.load(path)
 
         def weight(_items, losses):  # (1, b, J) -> (1, b)
             err = losses.clamp(min=0).sqrt()
             return (err / (err.norm(dim=-1, keepdim=True) + 1e-8)).mean(dim=-1)
 
-        weights = loss_matrix(
-            ctx.net, ctx.diffusion, ctx.data, self.bank, cfg.score_batch, ctx.cfg.trainer,
-            desc="das training errors", reduce=weight,
+        return ctx.cached(
+            f"das_weights-{key}.pt",
+            lambda: loss_matrix(
+                ctx.net, ctx.diffusion, ctx.data, self.bank, cfg.score_batch, ctx.cfg.trainer,
+                desc="das training errors", reduce=weight,
+            ),
         )  # fmt: skip
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.atomic_save(weights, path)
-        return weights
 
 
 def kernel_solver(phi: torch.Tensor, damping: float):

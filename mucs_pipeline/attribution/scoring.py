@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from mucs_pipeline import distributed as dist
-from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
@@ -232,16 +231,14 @@ def cached_loss_matrix(
     F1 losses do not depend on the generated item, so every item reuses them; `key` must
     name everything the bank depends on.
     """
-    path = ctx.cache_dir / f"f1_losses-{key}.pt"
-    if path.exists():  # memory-mapped: scoring reads the rows of one batch at a time
-        return io.load(path, mmap=True)
-    losses = loss_matrix(
-        ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.cfg.trainer, desc=desc,
-        bf16=ctx.cfg.trainer.bf16_scoring,
+    return ctx.cached(
+        f"f1_losses-{key}.pt",
+        lambda: loss_matrix(
+            ctx.net, ctx.diffusion, ctx.data, bank, batch_pairs, ctx.cfg.trainer, desc=desc,
+            bf16=ctx.cfg.trainer.bf16_scoring,
+        ),
+        mmap=True,  # on reuse, scoring reads the rows of one batch at a time
     )  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.atomic_save(losses, path)
-    return losses
 
 
 def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:

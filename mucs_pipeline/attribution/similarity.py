@@ -38,13 +38,8 @@ class CosineMethod(Method):
         )
 
     def _cached_train_embeddings(self) -> torch.Tensor:
-        path = self.ctx.cache_dir / f"{self.name}_embeddings-{io.config_hash(self.cfg)}.pt"
-        if path.exists():
-            return io.load(path)
-        emb = self.train_embeddings()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.atomic_save(emb, path)
-        return emb
+        name = f"{self.name}_embeddings-{io.config_hash(self.cfg)}.pt"
+        return self.ctx.cached(name, self.train_embeddings)
 
     def item_embedding(self, x_hat: torch.Tensor, c_hat: torch.Tensor | None) -> torch.Tensor:
         return self.embed(x_hat[None]).float().cpu()

@@ -105,3 +105,35 @@ def test_null_loss_of_a_zero_network(variant, expected):
 def test_schedules_descend(variant):
     levels = variant.schedule(142)
     assert levels.shape == (142,) and bool((levels.diff() <= 0).all()) and levels[0] > levels[-1]
+
+
+def test_ddim_clipping_steps_toward_the_clipped_prediction():
+    """Clipping x0 at each DDIM step must also re-derive the noise from the clipped x0.
+
+    A network aiming at a point partly outside [-1, 1] then follows exactly the trajectory of
+    one aiming at the clipped point. Stepping with the clipped x0 but the network's own noise
+    (the earlier sampler) lands between the two and left speckle on flat regions of digits.
+    """
+    ddpm = DDPM(clip_denoised=True)
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 1, 4, 4, generator=gen) * 2 - 1
+    target[..., :2, :] = -1.0  # a flat "background" at the clipping boundary
+    overshoot = target.clone()
+    overshoot[..., :2, :] = -1.6  # the network overshoots the background
+    latents = torch.randn(2, 1, 4, 4, generator=gen)
+
+    def states(x0):
+        seen = []
+        oracle = Oracle(ddpm, x0.double())
+
+        def net(x_in, c_noise, cond):
+            seen.append(x_in.clone())
+            return oracle(x_in, c_noise, cond)
+
+        out = ddpm.sample(net, latents, None, num_steps=8)
+        return torch.stack(seen), out
+
+    seen_over, out_over = states(overshoot)
+    seen_clip, out_clip = states(target)
+    torch.testing.assert_close(seen_over, seen_clip, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_over, target.expand(2, -1, -1, -1), atol=1e-4, rtol=0)

@@ -57,6 +57,9 @@ class DDPM(Diffusion):
             eps = self.guided(net, x, t, cond, cfg_weight)
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
             if self.clip_denoised:
+                # Re-derive the noise from the clipped x0 (as diffusers' DDIM does): stepping
+                # with the clipped x0 but the unclipped noise leaves speckle on flat regions.
                 x0 = x0.clamp(-1, 1)
+                eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         return x.float()

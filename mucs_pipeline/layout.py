@@ -294,6 +294,14 @@ class Layout:
         done = dist.broadcast(done)
         if done is not None:
             log.info("skip %s: finished at %s", what, folder)
+            if done.get("code_version") != (now := code_version()):
+                # Keys hash the configuration, not the code: say when a result predates it.
+                log.warning(
+                    "%s was computed by mucs_pipeline %s, this is %s; force=true recomputes it",
+                    what,
+                    done.get("code_version"),
+                    now,
+                )
             return done["metrics"]
         try:
             if dist.is_main():

@@ -82,6 +82,22 @@ def test_an_altered_artifact_of_the_same_size_is_detected(attributed):
     assert layout.manifest("generate") is not None
 
 
+def test_a_result_from_other_code_is_reused_with_a_warning(attributed, monkeypatch, caplog):
+    cfg = make_cfg(attributed, "stages=[generate]")
+    path = Layout(cfg).dir("generate") / "items.pt"
+    before = path.stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="mucs_pipeline.layout"):
+        pipeline.run(cfg)
+    assert not caplog.records  # same code: skipped quietly
+    monkeypatch.setattr(io, "code_version", lambda: "9.9.9+upgrade")
+    with caplog.at_level("WARNING", logger="mucs_pipeline.layout"):
+        pipeline.run(cfg)
+    assert path.stat().st_mtime_ns == before  # still reused, not recomputed
+    (record,) = caplog.records
+    assert "generate was computed by mucs_pipeline 0.1.0" in record.getMessage()
+    assert "this is 9.9.9+upgrade; force=true recomputes it" in record.getMessage()
+
+
 def nan_at_call(monkeypatch, n: int) -> None:
     """EDM.loss returns NaN on its n-th call (0-based), as a diverging model would."""
     calls, original = itertools.count(), EDM.loss

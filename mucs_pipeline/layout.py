@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def conf_dir() -> Path:
     return (Path(__file__).parent / CONFIG_PATH).resolve()
 
 
+@cache  # the code a process runs is fixed when it starts: one `git` call, not one per unit
 def code_version() -> str:
     try:
         pkg = version("mucs_pipeline")

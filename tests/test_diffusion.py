@@ -134,6 +134,6 @@ def test_ddim_clipping_steps_toward_the_clipped_prediction():
         return torch.stack(seen), out
 
     seen_over, out_over = states(overshoot)
-    seen_clip, out_clip = states(target)
+    seen_clip, _ = states(target)
     torch.testing.assert_close(seen_over, seen_clip, atol=1e-5, rtol=0)
     torch.testing.assert_close(out_over, target.expand(2, -1, -1, -1), atol=1e-4, rtol=0)

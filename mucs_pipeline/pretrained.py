@@ -67,9 +67,9 @@ def to_rgb01(x: torch.Tensor) -> torch.Tensor:
 class ImageEncoder(torch.nn.Module):
     """A frozen image backbone with its resize and normalisation: [-1, 1] images -> unit vectors."""
 
-    def __init__(self, backbone, size: int, mean, std):
+    def __init__(self, backbone, size: int, mean, std, mode: str = "bicubic"):
         super().__init__()
-        self.backbone, self.size = backbone, size
+        self.backbone, self.size, self.mode = backbone, size, mode
         self.register_buffer("mean", torch.tensor(mean).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).reshape(1, 3, 1, 1))
 
@@ -77,7 +77,7 @@ class ImageEncoder(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_rgb01(x.to(self.mean.device))
         x = torch.nn.functional.interpolate(
-            x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+            x, size=(self.size, self.size), mode=self.mode, align_corners=False, antialias=True
         )
         emb = self.backbone((x - self.mean) / self.std).float()
         return torch.nn.functional.normalize(emb, dim=-1)

@@ -9,6 +9,7 @@ weight, so that the removal is the only difference between F1 and the retrained 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from mucs_pipeline import augment as augmentation
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import rng
-from mucs_pipeline.data import ImageData
+from mucs_pipeline.data import ImageData, build_dataset
+from mucs_pipeline.layout import atomic_save, load
 from mucs_pipeline.models import Diffusion, build_model
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,10 @@ class Steps(IterableDataset):
 
 def init_model(cfg: DictConfig, data: ImageData, seed: int) -> torch.nn.Module:
     """The network with the run's initialisation (PyTorch defaults under `seed`)."""
+    labels = augmentation.labelled(cfg.pretrain.augment)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.stream_seed("init", seed))
-        return build_model(cfg.model, data.x.shape[-1], data.x.shape[1], data.cond_dim)
+        return build_model(cfg.model, data.x.shape[-1], data.x.shape[1], data.cond_dim, labels)
 
 
 def draw_condition_drop(
@@ -64,22 +68,27 @@ def training_losses(
     gen: torch.Generator,
     device: torch.device,
     cond_drop: float = 0.0,
-    augment_p: float = 0.0,
+    augment: DictConfig | None = None,
     part: slice = slice(None),
+    sample_cond: bool = False,
 ) -> torch.Tensor:
-    """Per-sample losses of items `idx`; sigmas, noises, drops and flips drawn from `gen`.
+    """Per-sample losses of items `idx`; sigmas, noises, drops and augmentations from `gen`.
 
+    `augment` is a recipe of `mucs_pipeline.augment` (pretrain.augment; None: none);
+    `sample_cond` draws one of each item's conditions (COCO's captions), as training does.
     `part` picks the batch positions this process computes (its DDP share). The draws are
     made for the whole batch first, so every share sees the single-process stream.
     """
     sigma = diffusion.training_sigma(len(idx), gen)
     noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
-    cond = None if data.cond is None else data.cond[idx]
+    if sample_cond:
+        cond = data.training_cond(idx, gen)
+    else:
+        cond = None if data.cond is None else data.cond[idx]
     cond = draw_condition_drop(cond, cond_drop, gen)
-    x = data.x[idx]
-    if augment_p > 0:  # drawn only when on, so that p = 0 leaves the random stream unchanged
-        flip = torch.rand(len(idx), generator=gen) < augment_p
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x, labels = augmentation.augment(data.x[idx], augment, gen)
+    if labels is not None:  # the network is told which draws were transformed
+        net = functools.partial(net, aug=labels[part].to(device))
     return diffusion.loss(
         net,
         x[part].to(device),
@@ -118,6 +127,8 @@ class DiffusionTraining(L.LightningModule):
         cfg: DictConfig,
         seed: int,
         weights: torch.Tensor | None = None,
+        val_data: ImageData | None = None,
+        best_path: Path | None = None,
     ):
         super().__init__()
         self.net = net
@@ -128,6 +139,11 @@ class DiffusionTraining(L.LightningModule):
         self.weights = torch.ones(len(data)) if weights is None else weights.float()
         self.batches = Batches(len(data), cfg.batch_size, seed)
         self.last_finite = float("nan")
+        # Early stopping (pretrain.patience): validation losses of the EMA on val_data; the
+        # best EMA so far is kept at best_path. A buffer, so a resumed run knows the best.
+        self.val_data, self.best_path = val_data, best_path
+        self.register_buffer("best_val", torch.tensor(float("inf")))
+        self._val_sums: list[torch.Tensor] = []
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(Steps(), batch_size=None)
@@ -143,8 +159,8 @@ class DiffusionTraining(L.LightningModule):
         part = slice(rank, None, world)
         with rng.global_stream(dev, "dropout", self.seed, step):
             losses = training_losses(
-                self.net, self.diffusion, self.data, idx, gen, dev, c.cond_drop, c.augment_p,
-                part,
+                self.net, self.diffusion, self.data, idx, gen, dev, c.cond_drop, c.augment, part,
+                sample_cond=True,
             )  # fmt: skip
         w = self.weights[idx]
         kept = w.sum().clamp(min=1.0)  # normalised over the kept items of the whole batch
@@ -157,6 +173,32 @@ class DiffusionTraining(L.LightningModule):
         self.last_finite = loss.item()
         self.log("train/loss", loss, prog_bar=True, on_step=True, sync_dist=world > 1)
         return loss
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.arange(len(self.val_data)), batch_size=self.cfg.batch_size)
+
+    @torch.inference_mode()
+    def validation_step(self, idx: torch.Tensor, _batch_idx: int) -> None:
+        """The EMA's losses on validation items, each with its own fixed (sigma, n) draw
+        (as the release's per-item validation seeds), whatever the batching or the rank."""
+        idx, dev = idx.cpu(), self.device
+        gens = [rng.generator("valid", self.seed, int(i)) for i in idx]
+        sigma = torch.cat([self.diffusion.training_sigma(1, g) for g in gens])
+        noise = torch.stack([torch.randn(self.val_data.x.shape[1:], generator=g) for g in gens])
+        cond = None if self.val_data.cond is None else self.val_data.cond[idx].to(dev)
+        x = self.val_data.x[idx].to(dev)
+        losses = self.diffusion.loss(self.ema.module, x, cond, sigma.to(dev), noise.to(dev))
+        self._val_sums.append(torch.stack([losses.sum(), torch.tensor(len(idx), device=dev)]))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.all_gather(torch.stack(self._val_sums).sum(0)).reshape(-1, 2).sum(0)
+        self._val_sums.clear()
+        val = sums[0] / sums[1]
+        self.log("val/loss", val)
+        if val < self.best_val:
+            self.best_val.fill_(val)
+            if self.best_path is not None:
+                atomic_save(copy.deepcopy(self.ema.module).cpu().state_dict(), self.best_path)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -254,10 +296,27 @@ def train(
     weights: torch.Tensor | None = None,
     job_type: str = "pretrain",
 ) -> torch.nn.Module:
-    """Train `steps` updates from the run's init (resuming a checkpoint); return the EMA net."""
+    """Train `steps` updates from the run's init (resuming a checkpoint); return the EMA net.
+
+    With `pretrain.patience`, training stops after that many validations (every
+    `pretrain.validate_every` steps, on the dataset's held-out split) without a lower loss,
+    and the net returned is the EMA at the best one (`ema_best.pt`), as the release does.
+    """
     net = init_model(cfg, data, cfg.seed)
-    module = DiffusionTraining(net, diffusion, data, cfg.pretrain, cfg.seed, weights)
-    trainer = make_trainer(cfg, folder, steps, job_type=job_type)
+    tc, extra = cfg.pretrain, {"limit_val_batches": 0}
+    val_data, best = None, folder / "ema_best.pt"
+    if tc.patience is not None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        val_data = build_dataset(cfg.dataset, split="test")
+        extra = {
+            "val_check_interval": tc.validate_every,
+            "check_val_every_n_epoch": None,  # validate by steps: the step stream is endless
+            "num_sanity_val_steps": 0,
+            "callbacks": [EarlyStopping("val/loss", patience=tc.patience, mode="min")],
+        }
+    module = DiffusionTraining(net, diffusion, data, tc, cfg.seed, weights, val_data, best)
+    trainer = make_trainer(cfg, folder, steps, job_type=job_type, **extra)
     last = folder / "checkpoints" / "last.ckpt"
     if last.exists():
         log.info("resuming from %s", last)
@@ -267,4 +326,8 @@ def train(
         import wandb
 
         wandb.finish()  # one W&B run per stage job, also within a multirun process
-    return copy.deepcopy(module.ema.module).cpu().eval()
+    ema = copy.deepcopy(module.ema.module).cpu().eval()
+    if val_data is not None:
+        log.info("best validation loss %.4f: F = the EMA then", module.best_val.item())
+        ema.load_state_dict(load(best))
+    return ema

@@ -113,7 +113,9 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("pretrain.lr", lambda v: v > 0, "a number > 0"),
         ("pretrain.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
         ("pretrain.cond_drop", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-        ("pretrain.augment_p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        ("pretrain.augment.p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        ("pretrain.patience", *positive_int),
+        ("pretrain.validate_every", *positive_int),
         ("retrain.steps", *positive_int),
         ("null_loss.batch_size", *positive_int),
         ("null_loss.num_batches", *positive_int),
@@ -123,6 +125,7 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("method.max_steps", *positive_int),
         ("method.num_noises", *positive_int),
         ("method.schedule_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+        ("method.unlearn_schedule_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
         ("method.eps", lambda v: v > 0, "a number > 0"),
         ("method.stop_ratio", lambda v: v > 0, "a number > 0"),
         ("method.items_per_pass", *positive_int),
@@ -174,6 +177,17 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
             f"generate.cfg_weight={weight}: classifier-free guidance needs a conditional "
             "dataset (this one is unconditional); expected 1.0"
         )
+    if _get(cfg, "pretrain.patience") is not None and dataset.get("name") in ("digits", "folder"):
+        if dataset.get("subset") is None:  # no test split: the held-out items are a subset's rest
+            problems.append(
+                "pretrain.patience: early stopping needs held-out items, and dataset "
+                f"{dataset.get('name')!r} has no test split; set dataset.subset to keep some out"
+            )
+    ops = _get(cfg, "pretrain.augment.ops") or []
+    from mucs_pipeline.augment import OPS
+
+    if any(op not in OPS for op in ops):
+        problems.append(f"pretrain.augment.ops={ops}: expected some of {list(OPS)}")
     metrics = _get(cfg, "metric.names") or []
     from mucs_pipeline.evaluation.metrics import METRICS
 

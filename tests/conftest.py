@@ -146,12 +146,14 @@ def perturb(net: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.n
 
 
 def write_cifar_batches(folder, side=32, per_batch=4, meta=("batches.meta", "label_names")):
-    """Pickled batches in the CIFAR release format: {"data": (N, 3*side*side) uint8, "labels"}."""
+    """Pickled batches in the CIFAR release format: {"data": (N, 3*side*side) uint8, "labels"}:
+    five training batches and a test batch."""
     folder.mkdir(parents=True)
-    for b in range(1, 6):
+    for b in range(1, 7):
         data = np.full((per_batch, 3 * side * side), 20 * b, dtype=np.uint8)
         data[:, : side * side] = 255  # red channel saturated
-        with open(folder / f"data_batch_{b}", "wb") as f:
+        name = f"data_batch_{b}" if b < 6 else "test_batch"
+        with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": [b % 10] * per_batch}, f)
     with open(folder / meta[0], "wb") as f:
         pickle.dump({meta[1]: [f"class{i}" for i in range(10)]}, f)

@@ -100,11 +100,14 @@ def test_artbench_python_release_is_resized_and_conditional(tmp_path):
 
 
 def test_artbench_imagefolder_release(tmp_path):
-    write_images(
-        tmp_path / "artbench-10-imagefolder-split" / "train", classes=("baroque", "ukiyo_e")
-    )
+    for split in ("train", "test"):
+        write_images(
+            tmp_path / "artbench-10-imagefolder-split" / split, classes=("baroque", "ukiyo_e")
+        )
     data = build_dataset(artbench_cfg(tmp_path, "imagefolder"))
     assert data.x.shape == (6, 3, 64, 64) and data.class_names == ["baroque", "ukiyo_e"]
+    # Generated items take the styles of test-split items (paper App. A.2).
+    assert data.gen_cond.argmax(1).tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(FileNotFoundError, match="artbench-10-imagefolder-split"):
         build_dataset(artbench_cfg(tmp_path / "nowhere", "imagefolder"))
 

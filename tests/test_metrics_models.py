@@ -95,7 +95,6 @@ def test_unavailable_metric_is_skipped_only_when_asked(tmp_path, model_metrics):
         {
             "names": ["ssim", "sscd"],
             "sscd_weights": str(tmp_path / "none.pt"),
-            "ssim_kernel": 7,
             "ssim_sigma": 1.5,
             "skip_unavailable": True,
         },

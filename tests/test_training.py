@@ -42,21 +42,32 @@ def test_common_random_numbers_replay_pretraining_exactly(tmp_path, dropout):
     assert not states_equal(f1, removed)
 
 
-def test_flip_augmentation_draws_after_the_noise(tmp_path):
-    """p = 1 flips every image and leaves sigmas and noises as with p = 0."""
+def test_augmentation_draws_after_the_noise(tmp_path):
+    """Flips leave sigmas and noises as without augmentation: p = 0 draws nothing, and a
+    flip-only recipe changes the images alone."""
     from conftest import perturb
+    from omegaconf import OmegaConf
 
+    from mucs_pipeline.augment import halves
     from mucs_pipeline.data import ImageData
     from mucs_pipeline.training import init_model, training_losses
 
     cfg = make_cfg(tmp_path)
     data = build_dataset(cfg.dataset)
-    flipped = ImageData(x=data.x.flip(-1), labels=data.labels, cond=data.cond)
     net = perturb(init_model(cfg, data, seed=0)).eval()
     idx, cpu = torch.arange(16), torch.device("cpu")
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    flips = OmegaConf.create({"p": 0.5, "xflip": True, "ops": []})
+    off = OmegaConf.create({"p": 0.0, "xflip": True, "ops": []})
+    # Which draws the recipe flips: the draw after sigmas and noises of the stream.
+    g = gen()
+    EDM().training_sigma(16, g), torch.randn((16, *data.x.shape[1:]), generator=g)
+    which = halves(16, g)
+    flipped = ImageData(x=torch.where(which[:, None, None, None], data.x[idx].flip(-1),
+                                      data.x[idx]), labels=None, cond=data.cond[idx])  # fmt: skip
     with torch.no_grad():
-        always = training_losses(net, EDM(), data, idx, gen(), cpu, augment_p=1.0)
-        plain = training_losses(net, EDM(), flipped, idx, gen(), cpu, augment_p=0.0)
-        unflipped = training_losses(net, EDM(), data, idx, gen(), cpu, augment_p=0.0)
-    assert torch.equal(always, plain) and not torch.equal(always, unflipped)
+        augmented = training_losses(net, EDM(), data, idx, gen(), cpu, augment=flips)
+        plain = training_losses(net, EDM(), flipped, idx, gen(), cpu, augment=off)
+        unflipped = training_losses(net, EDM(), data, idx, gen(), cpu, augment=None)
+    assert 0 < which.sum() < 16
+    assert torch.equal(augmented, plain) and not torch.equal(augmented, unflipped)

@@ -37,6 +37,10 @@ MALFORMED = [
     (["metric.names=[ssim,foo]"], "metric.names=['ssim', 'foo']: unknown 'foo'"),
     (["trainer.accelerator=tpu"], "trainer.accelerator='tpu': expected cpu or gpu"),
     (["trainer.devices=0"], "trainer.devices=0: expected an integer > 0"),
+    (["pretrain.augment.p=1.5"], "pretrain.augment.p=1.5: expected a probability in [0, 1]"),
+    (["pretrain.augment.ops=[shear]"], "pretrain.augment.ops=['shear']: expected some of"),
+    (["pretrain.patience=0"], "pretrain.patience=0: expected an integer > 0"),
+    (["dataset.subset=null", "pretrain.patience=5"], "pretrain.patience: early stopping needs"),
     (
         ["dataset=cifar10", "dataset.root=/nonexistent", "generate.cfg_weight=1.0"],
         "dataset.root='/nonexistent': no such folder",

@@ -21,6 +21,7 @@ import copy
 import torch
 from tqdm import tqdm
 
+from mucs_pipeline import augment as augmentation
 from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.attribution.base import Context, Method
@@ -131,8 +132,8 @@ def diagonal_fisher(
 ) -> dict[str, torch.Tensor]:
     """Mean over training items (and epochs) of the squared per-sample loss gradient.
 
-    Each item gets one fresh (sigma, n) draw per epoch and, with `pretrain.augment_p`, a
-    random flip, as in AbU's compute_fisher.py.
+    Each item gets one fresh (sigma, n) draw per epoch and, when the training recipe flips
+    (`pretrain.augment`), a random flip, as in AbU's compute_fisher.py.
     """
     grads = PerSampleGradients(net, patterns, ctx.device)
     data, shape = ctx.data, tuple(ctx.data.x.shape[1:])
@@ -146,9 +147,9 @@ def diagonal_fisher(
         sigma = ctx.diffusion.training_sigma(len(data), gen).reshape(-1, 1)
         noise = torch.randn((len(data), 1, *shape), generator=gen)
         x = data.x
-        if ctx.cfg.pretrain.augment_p > 0:
-            flip = torch.rand(len(data), generator=gen) < ctx.cfg.pretrain.augment_p
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        recipe = ctx.cfg.pretrain.augment
+        if augmentation.active(recipe) and recipe.xflip:
+            x = augmentation.hflip(x, augmentation.halves(len(data), gen))
         chunks = grads(objective, x, data.cond, sigma, noise, chunk)
         for g in tqdm(
             chunks, total=-(-len(data) // chunk), desc=f"fisher epoch {epoch}", leave=False

@@ -55,7 +55,10 @@ class MUCS(Method):
 
     def _skew(self, items, loss_f2):
         """The score rule on one batch: F2's (k, b, |N|) losses against F1's rows."""
-        return SCORE_RULES[self.rule](self.loss_f1[items], loss_f2, self.cfg.eps)
+        loss_f1 = self.loss_f1[items]
+        if not self.consistent:  # S-C2, as the release: independent pairs are compared in mean
+            loss_f1, loss_f2 = loss_f1.mean(-1, keepdim=True), loss_f2.mean(-1, keepdim=True)
+        return SCORE_RULES[self.rule](loss_f1, loss_f2, self.cfg.eps)
 
     def _f1_losses(self):
         """F1 losses do not depend on the generated item: computed once per run, cached."""

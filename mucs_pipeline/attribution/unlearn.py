@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+import warnings
 
 import lightning as L
 import torch
@@ -27,6 +28,27 @@ def select_parameters(net: torch.nn.Module, patterns: list[str]) -> list[str]:
     return names
 
 
+class ScheduleDraws:
+    """A diffusion variant whose training draws take their noise levels from the generation
+    schedule instead (Table 2, U-C2, as the release's `t_sched_train`): the largest of
+    floor(n / fraction) uniform positions along the schedule, for the fine-tuning and the
+    generated item's draws alike."""
+
+    LEVELS = 1001  # the schedule at this resolution stands for its continuous curve
+
+    def __init__(self, diffusion: Diffusion, fraction: float):
+        self.diffusion, self.fraction = diffusion, fraction
+        self.levels = diffusion.schedule(self.LEVELS).float()  # descending
+
+    def __getattr__(self, name: str):
+        return getattr(self.diffusion, name)
+
+    def training_sigma(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        total = int(n / self.fraction)
+        positions = torch.rand(total, generator=generator).sort().values[:n]
+        return self.levels[(positions * (self.LEVELS - 1)).round().long()]
+
+
 class Unlearning(L.LightningModule):
     """Minimise L_FT - lam * mean(min(L(z_hat), L_null)), updating only the selected weights."""
 
@@ -47,13 +69,18 @@ class Unlearning(L.LightningModule):
         trainable = set(select_parameters(net, cfg.params))
         for name, p in net.named_parameters():
             p.requires_grad_(name in trainable)
+        if cfg.get("unlearn_sigma", "training") == "schedule":  # Table 2, U-C2
+            diffusion = ScheduleDraws(diffusion, cfg.unlearn_schedule_fraction)
         self.diffusion, self.data, self.cfg, self.train_cfg = diffusion, data, cfg, train_cfg
         self.x_hat, self.c_hat, self.loss_null, self.stream = x_hat, c_hat, loss_null, stream
-        self.trajectory: list[tuple[float, float]] = []  # (L_FT, L_GA) per step
+        self.trajectory: list[tuple[float, float]] = []  # (L_FT, L_GA) per batch
         self.met_stop_rule = False
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(Steps(), batch_size=None)
+
+    def on_train_start(self) -> None:
+        self.net.eval()  # on purpose, as the release unlearns: no dropout
 
     def training_step(self, _batch: int, _batch_idx: int) -> torch.Tensor:
         step, dev = self.global_step, self.device
@@ -61,26 +88,20 @@ class Unlearning(L.LightningModule):
         n, shape = len(self.data), self.data.x.shape[1:]
         b = min(self.cfg.batch_size, n)
         idx = torch.randperm(n, generator=gen)[:b]  # z uniformly without replacement
-        with rng.global_stream(dev, "unlearn-dropout", *self.stream, step):
-            tc = self.train_cfg  # C3: the pretraining configuration
-            loss_ft = training_losses(
-                self.net, self.diffusion, self.data, idx, gen, dev, tc.cond_drop, tc.augment_p
-            ).mean()
-            g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
-            if self.cfg.get("unlearn_sigma", "training") == "schedule":  # Table 2, U-C2
-                levels = self.diffusion.schedule(self.cfg.get("unlearn_schedule_steps", 32))
-                sigma_g = levels[torch.randint(len(levels), (g,), generator=gen)].float()
-            else:
-                sigma_g = self.diffusion.training_sigma(g, gen)
-            noise_g = torch.randn((g, *shape), generator=gen)
-            c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
-            loss_hat = self.diffusion.loss(
-                self.net,
-                self.x_hat.expand(g, *shape).to(dev),
-                c_hat,
-                sigma_g.to(dev),
-                noise_g.to(dev),
-            )
+        # Each training item with its own condition, not augmented (the network is in eval
+        # mode: no dropout), as the release unlearns; the rest of C3's recipe is kept.
+        loss_ft = training_losses(self.net, self.diffusion, self.data, idx, gen, dev).mean()
+        g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
+        sigma_g = self.diffusion.training_sigma(g, gen)
+        noise_g = torch.randn((g, *shape), generator=gen)
+        c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
+        loss_hat = self.diffusion.loss(
+            self.net,
+            self.x_hat.expand(g, *shape).to(dev),
+            c_hat,
+            sigma_g.to(dev),
+            noise_g.to(dev),
+        )
         if self.cfg.clamp:
             loss_hat = loss_hat.clamp(max=self.loss_null)  # min(L(z_hat), L_null)
         loss_ga = loss_hat.mean()
@@ -96,7 +117,9 @@ class Unlearning(L.LightningModule):
         if self.cfg.stop_rule and loss_ga.item() >= self.cfg.stop_ratio * self.loss_null:
             self.met_stop_rule = True
             self.trainer.should_stop = True
-        return loss
+            if self.cfg.stop_before_step:
+                return None  # the release's order: no step with the batch that met the rule
+        return loss  # App. A.1: this batch's step is taken, then unlearning stops
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
@@ -116,11 +139,17 @@ def unlearn(
     stream: tuple,
 ) -> tuple[torch.nn.Module, dict]:
     """F2: a copy of F1 that has unlearned z_hat; info has the steps and loss trajectory."""
-    f2 = copy.deepcopy(f1).train()
+    f2 = copy.deepcopy(f1)
     module = Unlearning(f2, diffusion, data, x_hat, c_hat, loss_null, cfg, run_cfg.pretrain, stream)
     trainer = make_trainer(run_cfg, None, cfg.max_steps, distributed=False)  # whole on each rank
-    trainer.fit(module)
-    steps = len(module.trajectory)
+    with warnings.catch_warnings():
+        # Both on purpose: the network unlearns in eval mode, and the release's order ends
+        # on a batch without a step.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`")
+        trainer.fit(module)
+    # Optimizer steps: a batch each, but the one that met the rule in the release's order.
+    steps = len(module.trajectory) - int(module.met_stop_rule and cfg.stop_before_step)
     if cfg.stop_rule and not module.met_stop_rule:
         log.warning(
             "unlearning item %s hit method.max_steps=%d before L_GA >= %.2f * L_null "

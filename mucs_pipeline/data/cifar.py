@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from mucs_pipeline.data.base import ImageData, one_hot
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -43,6 +44,12 @@ def read_batches(
     return torch.cat(xs), torch.tensor(labels, dtype=torch.long)
 
 
+def read_labels(path: Path) -> torch.Tensor:
+    """The labels of one python-pickle batch."""
+    with open(path, "rb") as f:
+        return torch.tensor(list(pickle.load(f, encoding="latin1")["labels"]), dtype=torch.long)
+
+
 def label_names(folder: Path) -> list[str] | None:
     """Class names from a batches.meta / meta file, when there is one."""
     for name in ("batches.meta", "meta"):
@@ -59,19 +66,29 @@ def missing(folder: Path, names: list[str]) -> list[str]:
     return [n for n in names if not (folder / n).exists()]
 
 
-def load(cfg: DictConfig) -> ImageData:
-    """CIFAR10's training split (torchvision's on-disk layout: <root>/cifar-10-batches-py)."""
+def _split(cfg: DictConfig, names: list[str]) -> ImageData:
+    """Batches `names` of CIFAR10 (torchvision's on-disk layout: <root>/cifar-10-batches-py)."""
     root = Path(cfg.root).expanduser()
     folder = root / "cifar-10-batches-py"
-    if missing(folder, TRAIN_BATCHES) and cfg.download:
+    if missing(folder, names) and cfg.download:
         from torchvision.datasets import CIFAR10
 
         CIFAR10(str(root), train=True, download=True)
-    if missing(folder, TRAIN_BATCHES):
+    if missing(folder, names):
         raise FileNotFoundError(
-            f"CIFAR10 not found: {folder} lacks {missing(folder, TRAIN_BATCHES)}. Download "
+            f"CIFAR10 not found: {folder} lacks {missing(folder, names)}. Download "
             f"{CIFAR10_URL} and extract it into {root}, or set dataset.download=true"
         )
-    x, labels = read_batches(folder, TRAIN_BATCHES, cfg.resolution)
+    x, labels = read_batches(folder, names, cfg.resolution)
     cond = one_hot(labels, 10) if cfg.conditional else None
     return ImageData(x=x, labels=labels, cond=cond, class_names=label_names(folder))
+
+
+def load(cfg: DictConfig) -> ImageData:
+    """CIFAR10's training split."""
+    return _split(cfg, TRAIN_BATCHES)
+
+
+def load_test(cfg: DictConfig) -> ImageData:
+    """CIFAR10's test split (validation losses)."""
+    return _split(cfg, [TEST_BATCH])

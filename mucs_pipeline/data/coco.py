@@ -67,28 +67,48 @@ def _embed(captions: list[str], cfg: DictConfig, cache: Path) -> torch.Tensor:
     )
 
 
-def load(cfg: DictConfig) -> ImageData:
-    """The training split with one caption per image; generated items take test-split captions."""
-    cache = Path(cfg.cache_dir).expanduser()
-    ann, images = _split_files(cfg, cfg.split)
-    entries = read_captions(ann)
+def _pixels(cfg: DictConfig, split: str, entries: list, images: Path, ann: Path) -> torch.Tensor:
+    """Decoded images of a split as uint8, computed once and cached."""
 
     def decode() -> torch.Tensor:
         x = [
             load_image(images / name, cfg.resolution, 3)
-            for name, _ in tqdm(entries, desc=f"decode COCO {cfg.split}")
+            for name, _ in tqdm(entries, desc=f"decode COCO {split}")
         ]
         return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8)
 
-    pixels = _cached(
-        cache / f"images-{cfg.split}-{cfg.resolution}-{io.config_hash(str(ann))}.pt", decode
-    )
-    captions = [caps[cfg.caption_index % len(caps)] for _, caps in entries]
+    cache = Path(cfg.cache_dir).expanduser()
+    return _cached(cache / f"images-{split}-{cfg.resolution}-{io.config_hash(str(ann))}.pt", decode)
+
+
+def load(cfg: DictConfig) -> ImageData:
+    """The training split, conditioned on every caption of an image (training draws one per
+    access, as the release; `cond` holds caption `caption_index`); generated items take
+    test-split captions."""
+    cache = Path(cfg.cache_dir).expanduser()
+    ann, images = _split_files(cfg, cfg.split)
+    entries = read_captions(ann)
+    pixels = _pixels(cfg, cfg.split, entries, images, ann)
+    options = _embed([c for _, caps in entries for c in caps], cfg, cache)  # (M, D)
+    counts = torch.tensor([len(caps) for _, caps in entries])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    first = offsets[:-1] + torch.tensor(cfg.caption_index) % counts
     test_ann, _ = _split_files(cfg, cfg.test_split)
     test_captions = [caps[0] for _, caps in read_captions(test_ann)]
     return ImageData(
         x=pixels.float() / 127.5 - 1.0,
         labels=None,
-        cond=_embed(captions, cfg, cache),
+        cond=options[first],
         gen_cond=_embed(test_captions, cfg, cache),
+        cond_options=options if cfg.sample_captions else None,
+        cond_offsets=offsets if cfg.sample_captions else None,
     )
+
+
+def load_test(cfg: DictConfig) -> ImageData:
+    """The test split with each image's first caption (validation losses)."""
+    ann, images = _split_files(cfg, cfg.test_split)
+    entries = read_captions(ann)
+    pixels = _pixels(cfg, cfg.test_split, entries, images, ann)
+    cond = _embed([caps[0] for _, caps in entries], cfg, Path(cfg.cache_dir).expanduser())
+    return ImageData(x=pixels.float() / 127.5 - 1.0, labels=None, cond=cond)

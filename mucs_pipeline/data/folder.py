@@ -14,7 +14,7 @@ from mucs_pipeline.data.base import ImageData, one_hot
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def _images_under(root: Path) -> list[Path]:
+def images_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
@@ -40,7 +40,7 @@ def load(cfg: DictConfig) -> ImageData:
     if cfg.channels not in (1, 3):
         raise ValueError(f"dataset.channels={cfg.channels}: expected 1 or 3")
     if cfg.conditional:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _images_under(p))
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and images_under(p))
         if not classes:
             raise FileNotFoundError(
                 f"dataset.root={str(root)!r} has no class subfolders with images; "
@@ -48,11 +48,11 @@ def load(cfg: DictConfig) -> ImageData:
             )
         paths, labels = [], []
         for label, name in enumerate(classes):
-            found = _images_under(root / name)
+            found = images_under(root / name)
             paths += found
             labels += [label] * len(found)
     else:
-        classes, paths = None, _images_under(root)
+        classes, paths = None, images_under(root)
         labels = None
     if not paths:
         raise FileNotFoundError(

@@ -37,47 +37,33 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> None:
             )
 
 
-def ssim_window(resolution: int, kernel: int, sigma: float) -> tuple[int, float]:
-    """The (7, 1.5) Gaussian window, shrunk on small images to an odd size <= resolution/2
-    with sigma scaled alike (8 px digits: 3 taps, sigma 0.64)."""
-    half = resolution // 2
-    size = max(3, min(kernel, half if half % 2 else half - 1))
-    return size, sigma * size / kernel
+def ssim_sigma(resolution: int, sigma: float) -> float:
+    """The Gaussian window's sigma: `sigma` (torchmetrics then takes 11 taps at 1.5), or on
+    images no larger than that window, the sigma whose window is the largest odd size below
+    the resolution, in the same sigma-to-size ratio (8 px digits: 7 taps, sigma 0.95)."""
+    taps = _taps(sigma)
+    if resolution > taps:
+        return sigma
+    size = resolution - 1 if resolution % 2 == 0 else resolution - 2
+    return sigma * max(3, size) / taps
 
 
-def gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    """A normalised 2-D Gaussian window, (size, size)."""
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+def _taps(sigma: float) -> int:
+    """torchmetrics' Gaussian window size for `sigma` (it ignores kernel_size)."""
+    return int(3.5 * sigma + 0.5) * 2 + 1
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    """SSIM per item (Wang et al. 2004), images in [-1, 1]: (N,).
+    """SSIM per item (Wang et al. 2004) as the release computes it: torchmetrics on images
+    mapped from [-1, 1] to [0, 1] (data range 1), Gaussian window: (N,)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
-    Written here because torchmetrics and scikit-image derive the Gaussian window's size
-    from sigma (11 taps at sigma 1.5); the protocol needs both set (7 taps, sigma 1.5).
-    Statistics over the valid region only, as scikit-image does after its border crop.
-    """
     _check(a, b)
-    size, sigma = ssim_window(a.shape[-1], cfg.ssim_kernel, cfg.ssim_sigma)
-    a, b = a.double(), b.double()
-    channels = a.shape[1]
-    window = gaussian_window(size, sigma).expand(channels, 1, size, size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)  # depthwise, valid
-
-    c1, c2 = (0.01 * 2.0) ** 2, (0.03 * 2.0) ** 2  # data range 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    )
-    return ssim_map.flatten(1).mean(dim=1).float()
+    a01, b01 = (((t.float() + 1) / 2).clamp(0, 1) for t in (a, b))
+    sigma = ssim_sigma(a.shape[-1], cfg.ssim_sigma)
+    return structural_similarity_index_measure(
+        a01, b01, gaussian_kernel=True, sigma=sigma, data_range=1.0, reduction="none"
+    ).float()
 
 
 def neg_mse(a: torch.Tensor, b: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
@@ -107,7 +93,8 @@ def sscd_encoder(path: str) -> ImageEncoder:
         )
     # TorchScript archives hold code and tensors, not pickled Python objects.
     net = torch.jit.load(path, map_location="cpu").eval()
-    return ImageEncoder(net, 320, IMAGENET_MEAN, IMAGENET_STD).eval()
+    # Bilinear, as torchvision's Resize([320, 320]) in the SSCD release and the authors' code.
+    return ImageEncoder(net, 320, IMAGENET_MEAN, IMAGENET_STD, mode="bilinear").eval()
 
 
 def sscd(a, b, cfg, device=CPU):

@@ -140,6 +140,8 @@ class DiT(nn.Module):
         cond_width: int = 256,
         sigma_dim: int = 256,
         dropout: float = 0.1,
+        zero_init_output: bool = True,
+        aug_labels: bool = False,
     ):
         super().__init__()
         stride = math.prod(conv_strides)
@@ -169,6 +171,9 @@ class DiT(nn.Module):
         # which every adaLN layer reads (Table 4's "conditioning block channels").
         self.sigma_mlp = mlp2(sigma_dim, cond_width, cond_width, dropout)
         self.cond_mlp = mlp2(cond_dim, cond_width, cond_width, dropout) if cond_dim else None
+        # EDM's augmentation label (augmented or not) as conditioning, as the release's
+        # a_embedder: the network learns the augmentations without generating them.
+        self.aug_embed = nn.Embedding(2, cond_width) if aug_labels else None
         self.blocks = nn.ModuleList(
             DiTBlock(hidden, heads, mlp_ratio, dropout, cond_width) for _ in range(depth)
         )
@@ -179,10 +184,13 @@ class DiT(nn.Module):
             *[ConvBlock(dec[i], dec_out[i], s, True) for i, s in enumerate(reversed(conv_strides))]
         )
         self.out = nn.Conv2d(conv_channels[0], channels, 5, padding=2)
-        self._zero_init()
+        self._zero_init(zero_init_output)
 
-    def _zero_init(self) -> None:
-        """adaLN-Zero: every block starts as the identity; the rest keeps PyTorch defaults."""
+    def _zero_init(self, output: bool) -> None:
+        """adaLN-Zero: every block starts as the identity; with `output`, the output layer
+        starts at zero, as the release's last layer, so a fresh network outputs 0 and L_null
+        is the loss of the preconditioning alone (EDM: D = c_skip x). The rest keeps
+        PyTorch's defaults."""
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -190,10 +198,18 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
+        if output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        aug: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`aug`: (N,) augmentation labels of the draws (None: not augmented, as in sampling)."""
         n = x.shape[0]
         h = self.encoder(x)  # (N, Cf, H', W')
         tokens = self.patch_embed(h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
@@ -204,6 +220,10 @@ class DiT(nn.Module):
             if cond is None:
                 cond = torch.zeros(n, self.cond_dim, device=x.device)  # the null condition
             c = c + self.cond_mlp(cond)
+        if self.aug_embed is not None:
+            if aug is None:
+                aug = torch.zeros(n, dtype=torch.long, device=x.device)
+            c = c + self.aug_embed(aug)
         for block in self.blocks:
             tokens = block(tokens, c)  # (N, R+T, D)
         out = self.final(tokens[:, self.registers :], c)  # (N, T, p*p*Cf)
@@ -213,8 +233,14 @@ class DiT(nn.Module):
         return self.out(self.decoder(h))  # (N, C, H, W)
 
 
-def build_model(cfg: DictConfig, resolution: int, channels: int, cond_dim: int) -> DiT:
-    """The network named by the model group, sized for the dataset."""
+def build_model(
+    cfg: DictConfig, resolution: int, channels: int, cond_dim: int, aug_labels: bool = False
+) -> DiT:
+    """The network named by the model group, sized for the dataset; `aug_labels` when the
+    training recipe augments with labels (pretrain.augment)."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     kwargs.pop("name")
-    return DiT(resolution=resolution, channels=channels, cond_dim=cond_dim, **kwargs)
+    return DiT(
+        resolution=resolution, channels=channels, cond_dim=cond_dim, aug_labels=aug_labels,
+        **kwargs,
+    )  # fmt: skip

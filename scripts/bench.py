@@ -103,33 +103,33 @@ def machine() -> dict:
     return out
 
 
-def timings(fn, repeats: int, warmup: bool = True) -> list[float]:
-    """Wall times (seconds) of `repeats` calls, after one warm-up call (unless `warmup` is
-    false: for calls so slow that the minimum of the repeats is cheaper)."""
+def timings(fn, repeats: int, warmup: bool = True, clock=time.perf_counter) -> list[float]:
+    """Times (seconds of `clock`, wall by default) of `repeats` calls, after one warm-up call
+    (unless `warmup` is false: for calls so slow that the minimum of the repeats is cheaper)."""
     if warmup:
         fn()
     out = []
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        out.append(time.perf_counter() - start)
+        out.append(clock() - start)
     return out
 
 
-def timed(fn, repeats: int = 1) -> float:
-    """Best wall time of `repeats` calls (seconds), after one warm-up call."""
-    return min(timings(fn, repeats))
+def timed(fn, repeats: int = 1, clock=time.perf_counter) -> float:
+    """Best wall time (or `clock` time) of `repeats` calls (seconds), after a warm-up call."""
+    return min(timings(fn, repeats, clock=clock))
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+def matmul_flops(device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> float:
     # CPUs without bfloat16 matmul units run it ~50x slower than float32: a smaller size
     n = 8192 if device.type == "cuda" else 2048 if dtype != torch.bfloat16 else 512
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
+    return 2 * n**3 / timed(lambda: a @ b, repeats=5, clock=clock)
 
 
 def forward_flops(net, diffusion, data) -> int:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -80,12 +82,15 @@ class Plan:
     proj_blocks: int  # projector blocks timed (the cost is linear in the blocks)
     repeats: int  # timed calls; their minimum and mean are kept
     warmup: bool  # an untimed call first (on a CPU, DiT/B calls are slow enough to skip it)
+    clock: Callable[[], float] = time.perf_counter  # wall time, or this process's CPU time
 
 
-CPU_PAPER = Plan(4, 2, 1, {"dtrak": (1, 2), "das": (1, 2)}, 2, 2, warmup=False)
+# On a CPU every measurement runs on one thread and counts this process's CPU time: other
+# jobs on a shared machine stretch wall times by 2-4x, in bursts, but not CPU time.
+CPU_PAPER = Plan(4, 2, 1, {"dtrak": (1, 2), "das": (1, 2)}, 2, 2, False, time.process_time)
 GPU_PAPER = Plan(512, 200, 2, {"dtrak": (25, 50), "das": (5, 10)}, 16, 3, warmup=True)
-TINY = Plan(2000, 100, None, {"dtrak": (25, 50), "das": (25, 50)}, 2, 3, warmup=True)
-SMOKE = Plan(50, 10, 1, {"dtrak": (1, 2), "das": (1, 2)}, 1, 1, warmup=False)
+TINY = Plan(2000, 100, None, {"dtrak": (25, 50), "das": (25, 50)}, 2, 3, True, time.process_time)
+SMOKE = Plan(50, 10, None, {"dtrak": (1, 2), "das": (1, 2)}, 1, 1, True, time.process_time)
 
 
 def sync(device: torch.device) -> None:
@@ -111,7 +116,7 @@ def forward_op(net, diffusion, shape, cond_dim, plan: Plan, device, bf16=False) 
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             diffusion.loss(net, *args)
 
-    return [t / plan.forward_batch for t in timings(run, plan.repeats, plan.warmup)]
+    return [t / plan.forward_batch for t in timings(run, plan.repeats, plan.warmup, plan.clock)]
 
 
 def unlearn_op(net, diffusion, shape, cond_dim, mucs, pretrain, plan: Plan, device):
@@ -127,9 +132,11 @@ def unlearn_op(net, diffusion, shape, cond_dim, mucs, pretrain, plan: Plan, devi
         net.zero_grad(set_to_none=True)
         diffusion.loss(net, *args).mean().backward()
 
-    per_sample = [t / plan.unlearn_batch for t in timings(step, plan.repeats, plan.warmup)]
+    per_sample = [
+        t / plan.unlearn_batch for t in timings(step, plan.repeats, plan.warmup, plan.clock)
+    ]
     opt = torch.optim.AdamW(params, lr=pretrain.lr * mucs.lr_scale, weight_decay=0.01)
-    update = timings(opt.step, plan.repeats, plan.warmup)
+    update = timings(opt.step, plan.repeats, plan.warmup, plan.clock)
     net.zero_grad(set_to_none=True)
     for p in net.parameters():
         p.requires_grad_(True)
@@ -153,7 +160,7 @@ def gradient_op(kind, grads, diffusion, shape, cond_dim, chunk, draws, plan, dev
             for g in call(x, cond, sigma, noise, chunk):
                 g.sum().item()  # wait for the device
 
-        out[j] = timings(run, plan.repeats, plan.warmup)
+        out[j] = timings(run, plan.repeats, plan.warmup, plan.clock)
     return out
 
 
@@ -181,7 +188,9 @@ def projection_op(dim: int, method, plan: Plan, shard: int, device) -> tuple[dic
         g = torch.full((s, dim), 1e-3, device=device)
         out[s] = [
             t / timed_blocks
-            for t in timings(lambda g=g: proj(g).sum().item(), plan.repeats, plan.warmup)
+            for t in timings(
+                lambda g=g: proj(g).sum().item(), plan.repeats, plan.warmup, plan.clock
+            )
         ]
         del g
     basic.num_blocks = blocks
@@ -231,7 +240,7 @@ def measure(name, net, diffusion, shape, cond_dim, cfgs, plan: Plan, device, n: 
     shards = {k: per_shard(cfgs[k].method, grads.dim) for k in ("dtrak", "das")}
     biggest = max(min(n, s) for s in shards.values())
     proj_times, blocks = projection_op(grads.dim, cfgs["dtrak"].method, plan, biggest, device)
-    kernel_rate = matmul_flops(device, torch.float64)
+    kernel_rate = matmul_flops(device, torch.float64, plan.clock)
     ops = {}
     for label, stat in (("best", min), ("mean", mean)):
         dtrak, das = (
@@ -264,15 +273,12 @@ def paper_section(args, device) -> dict:
     for dataset in args.datasets:
         n, cond_dim = PAPER_SETUPS[dataset]
         extra = SMOKE_MODEL + SMOKE_METHOD if args.smoke else []
-        cfgs = {
-            m: config(f"+experiment={dataset}_{m}", "dataset.download=false", *extra)
-            for m in METHODS
-        }
+        cfgs = {m: config(f"+experiment={dataset}_{m}", *extra) for m in METHODS}
         cfg = cfgs["mucs"]
         shape = (cfg.dataset.channels, cfg.dataset.resolution, cfg.dataset.resolution)
         net = build_model(cfg.model, shape[-1], shape[0], cond_dim)
         diffusion = build_diffusion(cfg.diffusion)
-        plan = SMOKE if args.smoke else GPU_PAPER if device.type == "cuda" else CPU_PAPER
+        plan = GPU_PAPER if device.type == "cuda" else SMOKE if args.smoke else CPU_PAPER
         ops, geos, info = measure(dataset, net, diffusion, shape, cond_dim, cfgs, plan, device, n)
         del net
         parts = {
@@ -299,38 +305,49 @@ def perturbed_tiny(cfg, data):
     return net.eval()
 
 
-def run_method(method, cfg, data, diffusion, net, loss_null, k: int, device, tmp: Path):
-    """Real seconds: (setup, per item, unlearning per item) of `method` on k items."""
+def run_method(method, cfg, data, diffusion, net, loss_null, k: int, device, tmp: Path, clock):
+    """Real seconds of `clock`: (setup, per item, unlearning per item) of `method` on k items."""
     ctx = Context(
         cfg=cfg, data=data, diffusion=diffusion, net=net, loss_null=loss_null,
         device=device, cache_dir=tmp / method,
     )  # fmt: skip
-    start = time.perf_counter()
+    start = clock()
     scorer = build_method(cfg.method, ctx)
-    setup = time.perf_counter() - start
+    setup = clock() - start
     unlearning = []
     if method == "mucs":  # time the unlearning inside score() too
         inner = scorer.unlearn
 
         def timed_unlearn(*a):
-            t = time.perf_counter()
+            t = clock()
             out = inner(*a)
-            unlearning.append(time.perf_counter() - t)
+            unlearning.append(clock() - t)
             return out
 
         scorer.unlearn = timed_unlearn
     images = data.x[:k]
     conds = None if data.cond is None else data.cond[:k]
-    start = time.perf_counter()
+    start = clock()
     scorer.prepare(images, conds)
     for i in range(k):
         scorer.score(i, images[i], None if conds is None else conds[i : i + 1])
-    per_item = (time.perf_counter() - start) / k
+    per_item = (clock() - start) / k
     return setup, per_item, sum(unlearning) / k if unlearning else None
 
 
-def validation(args, device) -> dict:
-    """The model's seconds per item on the digits tiny DiT against a real run of each method."""
+def validation(args) -> dict:
+    """The model's seconds per item on the digits tiny DiT against a real run of each method,
+    both on the CPU, on one thread, in this process's CPU time (as CPU_PAPER)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _validation(args, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _validation(args, device) -> dict:
+    plan = SMOKE if args.smoke else TINY
     base = [f"dataset.subset={args.val_train_items}", *(SMOKE_METHOD if args.smoke else [])]
     steps = [f"method.max_steps={args.val_steps}", "method.stop_rule=false"]
     cfgs = {m: config(*base, f"method={m}", *(steps if m == "mucs" else [])) for m in METHODS}
@@ -340,15 +357,7 @@ def validation(args, device) -> dict:
     net = perturbed_tiny(cfg, data)
     shape = tuple(data.x.shape[1:])
     ops, geos, info = measure(
-        "digits",
-        net,
-        diffusion,
-        shape,
-        data.cond_dim,
-        cfgs,
-        SMOKE if args.smoke else TINY,
-        device,
-        len(data),
+        "digits", net, diffusion, shape, data.cond_dim, cfgs, plan, device, len(data)
     )
     loss_null = estimate_loss_null(cfg, data, diffusion)
     k, m = args.val_items, cfg.generate.num_items
@@ -360,7 +369,16 @@ def validation(args, device) -> dict:
             best = minutes(seconds_per_item(cfgs[method].method, ops["best"], geo)) * 60
             log.info("validating %s on %d digits items", method, len(data))
             setup, per_item, unlearning = run_method(
-                method, cfgs[method], data, diffusion, net, loss_null, k, device, Path(tmp)
+                method,
+                cfgs[method],
+                data,
+                diffusion,
+                net,
+                loss_null,
+                k,
+                device,
+                Path(tmp),
+                plan.clock,
             )
             predicted = minutes(parts) * 60
             measured = setup / m + per_item
@@ -399,7 +417,7 @@ def variants(results: dict, dataset: str, gpu: bool) -> dict[str, tuple[float, f
         return {"this GPU": (1.0, None), "this GPU, bf16 scoring": (1.0, bf16)}
     fp32 = H100_FLOPS["fp32"] / peak
     return {
-        "this CPU": (1.0, None),
+        "this CPU, one core": (1.0, None),
         "H100": (fp32, None),
         "H100, bf16 scoring": (fp32, H100_FLOPS["bf16"] / peak),
     }
@@ -410,12 +428,13 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
     paper, peak = results["paper"], results["matmul_flops"]
     gpu = device.type == "cuda"
     where = info.get("gpu", "") if gpu else f"this CPU ({info['cpu']}, {info['cores']} cores)"
+    unit = "" if gpu else ", one core, CPU time"
     keys: dict = {"paper_matmul_gflops": peak / 1e9}
     md = [
         "## Paper scale: DiT/B cost model (issue 21)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} with `{results['command']}` on {where}, "
-        f"in {results['seconds'] / 60:.1f} min. Matmul peak (float32, {device.type}): "
+        f"in {results['seconds'] / 60:.1f} min. Matmul peak (float32{unit}): "
         f"{peak / 1e9:,.1f} GFLOP/s (best of 5).",
         "",
     ]
@@ -428,7 +447,8 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
     md += [
         "### Per-operation timings",
         "",
-        "Best of repeated calls after a warm-up, per sample. Forward: the scoring loss, "
+        ("Wall time" if gpu else "This process's CPU time on one thread (see Caveats)")
+        + ", best of repeated calls, per sample. Forward: the scoring loss, "
         "inference mode. Unlearn: forward + backward with only the MLP weights trainable "
         "(MUCS C4); AdamW: one update of them. Gradients: `PerSampleGradients` over every "
         "weight, per (item, draw), from two draw counts (a per-item part besides). "
@@ -467,11 +487,12 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
         + (
             "'bf16 scoring': the loss grids at the measured bfloat16 forward time."
             if gpu
-            else f"H100: this CPU's time x {peak / 1e9:.0f} GFLOP/s / 67 TFLOP/s (the H100 "
-            "SXM's dense float32 peak; the project scores in float32 by default), assuming "
-            "the same fraction of peak on both. 'bf16 scoring': the loss grids at 989 "
-            "TFLOP/s (dense bfloat16) instead, as with `trainer.bf16_scoring=true` and in the "
-            "authors' release; everything else stays float32."
+            else f"H100: the one-core time x the one-core matmul peak ({peak / 1e9:.0f} "
+            "GFLOP/s) / 67 TFLOP/s (the H100 SXM's dense float32 peak; the project scores in "
+            "float32 by default), assuming the same fraction of peak on both. 'bf16 "
+            "scoring': the loss grids at 989 TFLOP/s (dense bfloat16) instead, as with "
+            "`trainer.bf16_scoring=true` and in the authors' release; everything else stays "
+            "float32."
         ),
     ]
     table: dict = {}
@@ -488,7 +509,7 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
         for method in METHODS:
             parts = paper[d]["parts"][method]
             row = {c: minutes(scaled(parts, *f)) for c, f in cols.items()}
-            cells = [fmt_s(v * 60) if c == "this CPU" else f"{v:,.1f}" for c, v in row.items()]
+            cells = [fmt_s(v * 60) if "CPU" in c else f"{v:,.1f}" for c, v in row.items()]
             md.append(
                 f"| {NAMES[method]} | " + " | ".join(cells) + f" | {PAPER_TABLE6[method][j]} |"
             )
@@ -542,6 +563,33 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
             + ", ".join(f"{k} {v / 60:,.1f}" for k, v in parts.items())
             + " |"
         )
+    das = config(f"+experiment={first}_das").method
+    das_gb = das.chunk * das.num_noises * paper[first]["info"]["grad_dim"] * 4 / 1e9
+    md += [
+        "",
+        "Caveats:",
+        "",
+        f"- Load: this machine's load average was {results['load'][0]:.1f} at the start and "
+        f"{results['load'][1]:.1f} at the end ({info['cores']} cores, shared with other "
+        "jobs). "
+        + (
+            "Best-of-repeats damps that but does not remove it."
+            if gpu
+            else "Wall times then stretch by 2-4x, in bursts, so every CPU measurement here "
+            "(ops, matmul peak, the check's real runs) is one thread's CPU time. Two idle "
+            "cores would take about half the one-core time; the H100 column does not "
+            "depend on it (one-core time x one-core peak / H100 peak)."
+        ),
+        "- The projection is hardly a matmul: `Projector`'s blocks of at most 2^27 entries "
+        f"hold {das.proj_dim // paper[first]['info']['proj_blocks']} column(s) of the random "
+        f"matrix for a {paper[first]['info']['grad_dim'] / 1e6:.0f}M-dim gradient, so each "
+        "shard regenerates the whole matrix (16,384 x dim normal numbers) and streams the "
+        "shard through it block by block. Its GPU speed-up need not follow the matmul "
+        "peaks; `scripts/gpu_rows.py` measures it.",
+        f"- Memory is not modelled: DAS's `chunk` {das.chunk} x {das.num_noises} draws of "
+        f"{paper[first]['info']['grad_dim'] / 1e6:.0f}M-float per-draw gradients is "
+        f"{das_gb:,.0f} GB at once.",
+    ]
     if "validation" in results:
         v = results["validation"]
         md += [
@@ -552,10 +600,11 @@ def report(args, results: dict, device, info: dict) -> tuple[list[str], dict]:
             f"items, default method settings, a randomly initialised and perturbed network; "
             f"MUCS with the stop rule off and {v['steps']} unlearning steps), the model's "
             f"prediction, and a real run of the method's code on {v['k']} generated item(s), "
-            f"setup amortised over m = {v['m']}. Seconds. The prediction uses the mean of "
-            "each op's repeated timings, as the minutes-long real run sees this shared "
-            "machine's average load; from their minimum (what the projections above use) it "
-            "is the 'best-case' column.",
+            f"setup amortised over m = {v['m']}. Both sides run on one thread and count "
+            "this process's CPU time (seconds), which other jobs on this shared machine "
+            "stretch far less than wall time. The prediction uses the mean of each op's "
+            "repeated timings, as the minutes-long real run averages over the load; from "
+            "their minimum it is the 'best-case' column.",
             "",
             "| method | predicted / item | measured / item | predicted / measured | "
             "setup predicted / measured | per item predicted / measured | best-case "
@@ -589,7 +638,7 @@ def main() -> None:
     parser.add_argument("--unlearn-steps", type=float, default=UNLEARN_STEPS)
     parser.add_argument("--validate", nargs="*", default=["mucs", "dtrak", "das"],
                         choices=list(METHODS), help="methods run for real on digits")  # fmt: skip
-    parser.add_argument("--val-train-items", type=int, default=200, help="digits |Z|")
+    parser.add_argument("--val-train-items", type=int, default=100, help="digits |Z|")
     parser.add_argument("--val-items", type=int, default=1, help="generated items timed")
     parser.add_argument("--val-steps", type=int, default=20, help="MUCS unlearning steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -606,14 +655,20 @@ def main() -> None:
     device = torch.device(args.device)
     start = time.perf_counter()
     info = machine()
-    results: dict = {"matmul_flops": matmul_flops(device, torch.float32)}
+    clock = time.perf_counter
+    if device.type == "cpu":  # see CPU_PAPER
+        torch.set_num_threads(1)
+        clock = time.process_time
+    results: dict = {"matmul_flops": matmul_flops(device, torch.float32, clock)}
     results["command"] = "make bench-paper  # " + " ".join(
         ["python scripts/bench_paper.py", *sys.argv[1:]]
     )
+    results["load"] = [os.getloadavg()[0]]
     results["paper"] = paper_section(args, device)
     if args.validate:
-        results["validation"] = validation(args, device)
+        results["validation"] = validation(args)
     results["seconds"] = time.perf_counter() - start
+    results["load"].append(os.getloadavg()[0])
     md, keys = report(args, results, device, info)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "benchmarks.json"

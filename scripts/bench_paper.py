@@ -86,16 +86,13 @@ class Plan:
 
 
 # On a CPU every measurement runs on one thread and counts this process's CPU time: other
-# jobs on a shared machine stretch wall times by 2-4x, in bursts, but not CPU time.
+# jobs on a shared machine stretch wall times by 2-4x, in bursts, but not CPU time. DiT/B
+# takes seconds per sample there, hence tiny batches, one item per gradient call and one
+# or two draws (their difference still separates the per-draw from the per-call cost).
 CPU_PAPER = Plan(4, 2, 1, {"dtrak": (1, 2), "das": (1, 2)}, 2, 2, False, time.process_time)
 GPU_PAPER = Plan(512, 200, 2, {"dtrak": (25, 50), "das": (5, 10)}, 16, 3, warmup=True)
 TINY = Plan(2000, 100, None, {"dtrak": (25, 50), "das": (25, 50)}, 2, 3, True, time.process_time)
 SMOKE = Plan(50, 10, None, {"dtrak": (1, 2), "das": (1, 2)}, 1, 1, True, time.process_time)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def inputs(diffusion, shape, cond_dim: int, b: int, device, seed: int = 0):
@@ -135,7 +132,9 @@ def unlearn_op(net, diffusion, shape, cond_dim, mucs, pretrain, plan: Plan, devi
     per_sample = [
         t / plan.unlearn_batch for t in timings(step, plan.repeats, plan.warmup, plan.clock)
     ]
-    opt = torch.optim.AdamW(params, lr=pretrain.lr * mucs.lr_scale, weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        params, lr=pretrain.lr * mucs.lr_scale, weight_decay=pretrain.weight_decay
+    )
     update = timings(opt.step, plan.repeats, plan.warmup, plan.clock)
     net.zero_grad(set_to_none=True)
     for p in net.parameters():
@@ -218,9 +217,8 @@ def mean(values: list[float]) -> float:
 def measure(name, net, diffusion, shape, cond_dim, cfgs, plan: Plan, device, n: int):
     """Every op for one network shape: ({"best": Ops, "mean": Ops}, {method: Geometry}, info).
 
-    "best" (the minimum over repeats) estimates an unloaded machine and drives the
-    projections; "mean" is what a minutes-long run on this shared machine sees, and
-    predicts the real runs of the tiny-model check."""
+    "best" (the minimum over repeats) drives the projections; "mean" predicts the real
+    runs of the tiny-model check, which average over whatever else the machine runs."""
     net = net.to(device).eval()
     start = time.perf_counter()
     fwd = forward_op(net, diffusion, shape, cond_dim, plan, device)

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-paper clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 # Scoring-engine and per-method timings: writes docs/benchmarks.md and docs/benchmarks.json.
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
+
+# Paper-scale minutes per item from measured DiT/B op timings, checked on the tiny model.
+bench-paper: install
+	$(PY) scripts/bench_paper.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check mucs_pipeline tests scripts

@@ -12,6 +12,9 @@ Everything is measured in one process, side by side, and written to docs/benchma
   eager and compiled;
 - per-item attribution wall time of MUCS, D-TRAK, DAS, AbU and Forward-INF on the same
   briefly trained model and data (setup amortised over m = 20 items, as in a run);
+- with `--bf16` (the default on a GPU): scoring in bfloat16 too (against the bfloat16
+  matmul peak), and how well bf16 scores of a really unlearned F2 (the stop rule met or
+  the step cap) agree with float32 ones;
 - on a GPU, the same plus the projected minutes per CIFAR10 item with DiT/B.
 
 Ratios in the JSON are "higher is better". Nothing here is asserted: targets are printed
@@ -37,7 +40,8 @@ from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from mucs_pipeline.attribution import Context, build_method
-from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
+from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.layout import conf_dir
 from mucs_pipeline.models import build_diffusion, build_model
@@ -52,6 +56,25 @@ TARGETS = {  # issue 7
     "mucs_vs_dtrak": 3.0,
     "mucs_vs_das": 3.0,
 }
+
+
+# docs/benchmarks.md keeps the section that `make bench-paper` writes between these lines.
+SECTION = ("<!-- bench-paper: written by scripts/bench_paper.py -->", "<!-- /bench-paper -->")
+
+
+def paper_section(path: Path) -> str:
+    """The `make bench-paper` section of a benchmarks.md, with its markers ("" if none)."""
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find(SECTION[0]), text.find(SECTION[1])
+    return text[start : end + len(SECTION[1])] + "\n" if 0 <= start < end else ""
+
+
+def replace_section(path: Path, body: str) -> None:
+    """Write `body` as the `make bench-paper` section of benchmarks.md, keeping the rest."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    old = paper_section(path)
+    rest = text.replace(old, "").rstrip("\n") if old else text.rstrip("\n")
+    path.write_text(f"{rest}\n\n{SECTION[0]}\n{body}\n{SECTION[1]}\n")
 
 
 def config(*overrides: str):
@@ -80,25 +103,33 @@ def machine() -> dict:
     return out
 
 
-def timed(fn, repeats: int = 1) -> float:
-    """Best wall time of `repeats` calls (seconds), after one warm-up call."""
-    fn()
-    best = float("inf")
+def timings(fn, repeats: int, warmup: bool = True, clock=time.perf_counter) -> list[float]:
+    """Times (seconds of `clock`, wall by default) of `repeats` calls, after one warm-up call
+    (unless `warmup` is false: for calls so slow that the minimum of the repeats is cheaper)."""
+    if warmup:
+        fn()
+    out = []
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+        out.append(clock() - start)
+    return out
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
-    n = 8192 if device.type == "cuda" else 2048
+def timed(fn, repeats: int = 1, clock=time.perf_counter) -> float:
+    """Best wall time (or `clock` time) of `repeats` calls (seconds), after a warm-up call."""
+    return min(timings(fn, repeats, clock=clock))
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, clock=time.perf_counter) -> float:
+    # CPUs without bfloat16 matmul units run it ~50x slower than float32: a smaller size
+    n = 8192 if device.type == "cuda" else 2048 if dtype != torch.bfloat16 else 512
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n**3 / timed(lambda: a @ b, repeats=5)
+    return 2 * n**3 / timed(lambda: a @ b, repeats=5, clock=clock)
 
 
 def forward_flops(net, diffusion, data) -> int:
@@ -147,7 +178,7 @@ def cache_speedup(cfg, f1, f2, diffusion, data, bank) -> float:
     return sum(seconds) / seconds[1]
 
 
-def engine(cfg, net, data, bank, compile: bool = False) -> float:
+def engine(cfg, net, data, bank, compile: bool = False, bf16: bool = False) -> float:
     """Loss evaluations per second of the engine (one network, the whole grid)."""
     tc = cfg.trainer.copy()
     tc.compile_scoring = compile
@@ -155,13 +186,14 @@ def engine(cfg, net, data, bank, compile: bool = False) -> float:
     batch = cfg.method.score_batch
 
     def run():
-        loss_matrix(net, diffusion, data, bank, batch, tc)
+        loss_matrix(net, diffusion, data, bank, batch, tc, bf16=bf16)
 
     seconds = timed(run)  # the warm-up call compiles
     return len(data) * len(bank.sigma) / seconds
 
 
-def scoring_section(args, peak: float) -> tuple[dict, list[str]]:
+def scoring_section(args, peaks: dict) -> tuple[dict, list[str]]:
+    """Scoring throughput and its fraction of the matmul peak of the same dtype."""
     results, rows = {}, []
     for name, overrides, items in (("tiny", [], args.train_items), ("mid", MID, args.mid_items)):
         cfg = config(f"dataset.subset={items}", *overrides, *args.trainer)
@@ -171,28 +203,29 @@ def scoring_section(args, peak: float) -> tuple[dict, list[str]]:
         bank = noise_bank(diffusion, tuple(data.x.shape[1:]), args.num_noises, 0.7, 0)
         flops = forward_flops(net, diffusion, data)
         params = sum(p.numel() for p in net.parameters())
-        for compiled in (False, True):
-            if compiled and not args.compile:
-                continue
-            rate = engine(cfg, net, data, bank, compile=compiled)
-            mfu = rate * flops / peak
-            tag = f"{name}_{'compiled' if compiled else 'eager'}"
-            results[f"scoring_rate_{tag}"] = rate
-            results[f"scoring_mfu_{tag}"] = mfu
-            rows.append(
-                f"| {name} ({params / 1e6:.2f}M params, {flops / 1e6:.1f} MFLOP/forward)"
-                f"{', compiled' if compiled else ''} | {rate:,.0f} | {rate * flops / 1e9:.1f} "
-                f"| {mfu:.1%} |"
-            )
+        for bf16 in (False, True) if args.bf16 else (False,):
+            for compiled in (False, True) if args.compile else (False,):
+                rate = engine(cfg, net, data, bank, compile=compiled, bf16=bf16)
+                mfu = rate * flops / peaks[bf16]
+                tag = f"{name}_{'bf16_' if bf16 else ''}{'compiled' if compiled else 'eager'}"
+                results[f"scoring_rate_{tag}"] = rate
+                results[f"scoring_mfu_{tag}"] = mfu
+                rows.append(
+                    f"| {name} ({params / 1e6:.2f}M params, {flops / 1e6:.1f} MFLOP/forward)"
+                    f"{', bf16' if bf16 else ''}{', compiled' if compiled else ''} "
+                    f"| {rate:,.0f} | {rate * flops / 1e9:.1f} | {mfu:.1%} |"
+                )
         if name == "tiny":
             f2 = perturbed(net, 1)
             naive = naive_rate(net, f2, diffusion, data, bank, args.naive_items)
             results["naive_rate_tiny"] = naive
             results["engine_vs_naive"] = results["scoring_rate_tiny_eager"] / naive
             results["cache_speedup"] = cache_speedup(cfg, net, f2, diffusion, data, bank)
-        # The engine's best configuration on this machine (compiled where it was measured).
+        # The engine's best float32 configuration (compiled where it was measured).
         results[f"scoring_mfu_{name}"] = max(
-            v for k, v in results.items() if k.startswith(f"scoring_mfu_{name}_")
+            v
+            for k, v in results.items()
+            if k.startswith(f"scoring_mfu_{name}_") and "bf16" not in k
         )
     return results, rows
 
@@ -211,7 +244,7 @@ def methods_section(args) -> tuple[dict, list[str]]:
         images = data.x[: args.items]
         conds = None if data.cond is None else data.cond[: args.items]
         times, rows = {}, []
-        for method in ("mucs", "dtrak", "das", "abu", "forward_inf"):
+        for method in args.methods:
             mcfg = config(*overrides, f"method={method}")
             ctx = Context(
                 cfg=mcfg, data=data, diffusion=diffusion, net=f1, loss_null=loss_null,
@@ -228,10 +261,45 @@ def methods_section(args) -> tuple[dict, list[str]]:
             per_item = (time.perf_counter() - start) / args.items
             times[method] = setup / 20 + per_item
             rows.append(f"| {method} | {setup:.1f} | {per_item:.2f} | {times[method]:.2f} |")
-    results = {f"seconds_per_item_{m}": t for m, t in times.items()}
+        results = {f"seconds_per_item_{m}": t for m, t in times.items()}
+        if args.bf16:
+            results.update(bf16_agreement(config(*overrides), f1, data, diffusion, loss_null))
     for other in ("dtrak", "das", "abu", "forward_inf"):
-        results[f"mucs_vs_{other}"] = times[other] / times["mucs"]
+        if "mucs" in times and other in times:
+            results[f"mucs_vs_{other}"] = times[other] / times["mucs"]
     return results, rows
+
+
+def bf16_agreement(cfg, f1, data, diffusion, loss_null: float) -> dict:
+    """MUCS scores of one item under bfloat16 scoring against float32, on an F2 that really
+    unlearned it (stop rule or step cap): rank correlation, top-2% overlap, loss error."""
+    from scipy.stats import spearmanr
+
+    method = cfg.method
+    shape = tuple(data.x.shape[1:])
+    bank = noise_bank(diffusion, shape, method.num_noises, method.schedule_fraction, cfg.seed)
+    cond = None if data.cond is None else data.cond[:1]
+    f2, info = unlearn(f1, data.x[0], cond, data, diffusion, loss_null, method, cfg, (cfg.seed, 0))
+    losses = {
+        bf16: [
+            loss_matrix(net, diffusion, data, bank, method.score_batch, cfg.trainer, bf16=bf16)
+            for net in (f1, f2)
+        ]
+        for bf16 in (False, True)
+    }
+    scores = {b: normalized_skew(*losses[b], method.eps) for b in losses}
+    k = max(1, round(0.02 * len(data)))
+    top = [set(scores[b].topk(k).indices.tolist()) for b in (False, True)]
+    fp32, bf16 = losses[False][1], losses[True][1]
+    return {
+        "bf16_spearman": float(spearmanr(scores[False].numpy(), scores[True].numpy()).statistic),
+        "bf16_top2pct_overlap": len(top[0] & top[1]) / k,
+        "bf16_loss_rel_error_median": float(
+            ((bf16 - fp32).abs() / fp32.abs().clamp(min=1e-3)).median()
+        ),
+        "bf16_agreement_unlearn_steps": info["steps"],
+        "bf16_agreement_stop_rule_met": not info["hit_max_steps"],
+    }
 
 
 def projected_cifar10(rate_flops: float) -> dict:
@@ -254,21 +322,32 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2, help="generated items per method")
     parser.add_argument("--pretrain-steps", type=int, default=400, help="F1 training steps")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--methods", nargs="+", default=["mucs", "dtrak", "das", "abu",
+                        "forward_inf"], help="methods timed per item")  # fmt: skip
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bfloat16 scoring rows and agreement (default: on a GPU)")  # fmt: skip
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of every run, e.g. method.max_steps=5")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     args.gpu = torch.cuda.is_available()
+    args.bf16 = args.gpu if args.bf16 is None else args.bf16
     args.trainer = ["trainer=gpu"] if args.gpu else []
+    args.trainer += args.set
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.float32  # scoring runs in float32 (bf16 is a switch, off by default)
 
     info = machine()
     peak = matmul_flops(device, dtype)
+    peaks = {False: peak, True: matmul_flops(device, torch.bfloat16) if args.bf16 else None}
     results: dict = {"matmul_gflops": peak / 1e9}
+    if args.bf16:
+        results["matmul_gflops_bf16"] = peaks[True] / 1e9
     logging.info("matmul peak %.1f GFLOP/s", peak / 1e9)
-    scoring, scoring_rows = scoring_section(args, peak)
+    scoring, scoring_rows = scoring_section(args, peaks)
     results.update(scoring)
     logging.info("scoring %s", scoring)
     methods, method_rows = methods_section(args)
@@ -284,6 +363,7 @@ def main() -> None:
     verdicts = [
         f"| `{k}` | {results[k]:.2f} | >= {t} | {'met' if results[k] >= t else 'MISSED'} |"
         for k, t in TARGETS.items()
+        if k in results
     ]
     md = [
         "# Benchmarks",
@@ -292,12 +372,14 @@ def main() -> None:
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
-        f"Matmul peak ({dtype}, {device.type}): {results['matmul_gflops']:.1f} GFLOP/s.",
+        f"Matmul peak ({dtype}, {device.type}): {results['matmul_gflops']:.1f} GFLOP/s"
+        + (f"; bfloat16 {results['matmul_gflops_bf16']:.1f} GFLOP/s." if args.bf16 else "."),
         "",
         "## Scoring engine",
         "",
         f"Loss grid of {args.train_items} (tiny) or {args.mid_items} (mid) digits training "
-        f"items x {args.num_noises} pairs, float32, `score_batch` 2000 forwards.",
+        f"items x {args.num_noises} pairs, float32 unless marked bf16 (autocast; against "
+        "the bfloat16 matmul peak), `score_batch` 2000 forwards.",
         "",
         "| model | loss evaluations / s | GFLOP/s | of matmul peak |",
         "|---|---|---|---|",
@@ -318,6 +400,19 @@ def main() -> None:
         "|---|---|---|---|",
         *method_rows,
         "",
+        *(
+            [
+                f"bf16 against float32 scoring, MUCS scores of one item after "
+                f"{results['bf16_agreement_unlearn_steps']} real unlearning steps (stop rule "
+                f"{'met' if results['bf16_agreement_stop_rule_met'] else 'not met: step cap'}):"
+                f" Spearman {results['bf16_spearman']:.3f}, top-2% overlap "
+                f"{results['bf16_top2pct_overlap']:.0%}, median relative loss error "
+                f"{results['bf16_loss_rel_error_median']:.2%}.",
+                "",
+            ]
+            if "bf16_spearman" in results
+            else []
+        ),
         "## Targets (issue 7)",
         "",
         "| key | value | target | |",
@@ -332,9 +427,13 @@ def main() -> None:
             "of F2 scoring per item at the mid-size model's achieved FLOP/s."
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks.md").write_text("\n".join(md) + "\n")
-    (args.out / "benchmarks.json").write_text(
-        json.dumps({"machine": info, "command": command, **results}, indent=2) + "\n"
+    md_path, json_path = args.out / "benchmarks.md", args.out / "benchmarks.json"
+    kept = paper_section(md_path)  # `make bench-paper`'s results stay
+    md_path.write_text("\n".join(md) + "\n" + ("\n" + kept if kept else ""))
+    old = json.loads(json_path.read_text()) if json_path.exists() else {}
+    paper = {k: v for k, v in old.items() if k.startswith("paper_")}
+    json_path.write_text(
+        json.dumps({"machine": info, "command": command, **results, **paper}, indent=2) + "\n"
     )
     print("\n".join(md))
 

@@ -47,7 +47,12 @@ METHOD_MICRO = {
     "dtrak": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
     "das": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
     "forward_inf": ["method.num_noises=8", "method.ga_draws=16"],
-    "abu": ["method.num_noises=8", "method.ga_draws=16", "method.lr=1e-3"],  # 1e-2 diverges here
+    # lr 1e-2 diverges here; and after 12 steps a zero-initialised output layer leaves
+    # ~1e-22 curvature upstream of it, where AbU's lr * g / (N * Fisher) step overflows.
+    "abu": [
+        "method.num_noises=8", "method.ga_draws=16", "method.lr=1e-3",
+        "model.zero_init_output=false",
+    ],
     "ensemble": [
         f"+method.overrides.dtrak={_GRAD}",
         f"+method.overrides.das={_GRAD}",

@@ -17,13 +17,14 @@ def method_cfg(tmp_path, name: str, *overrides: str):
 
 
 # Sizes that keep each method to seconds on the micro model: few draws, a narrow projection.
-# Ascent step sizes for that briefly trained model: AbU's digits-tuned 1e-2 overshoots on
-# it (an exact copy then ranks outside the top 1%).
+# Ascent settings for that briefly trained model, measured on it: the copy of item 17
+# ranks 5 at Forward-INF lr 1e-3 and 2 at AbU lr 1e-3 with 16 draws (AbU's digits-tuned
+# 1e-2 ranks it 8); at the values below the four items checked rank 0 or 1.
 FAST = {
     "dtrak": ["num_noises=8", "proj_dim=512"],
     "das": ["num_noises=8", "proj_dim=512"],
-    "forward_inf": ["num_noises=8", "ga_draws=16", "lr=1e-3"],
-    "abu": ["num_noises=8", "ga_draws=16", "lr=1e-3"],
+    "forward_inf": ["num_noises=8", "ga_draws=16", "lr=3e-4"],
+    "abu": ["num_noises=32", "ga_draws=64", "lr=1e-4"],
 }
 
 

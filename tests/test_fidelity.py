@@ -141,7 +141,8 @@ def test_s_c2_compares_mean_losses_of_independent_pairs(trained, tmp_path):
     from mucs_pipeline.attribution.mucs import MUCS
     from mucs_pipeline.attribution.scoring import normalized_skew
 
-    cfg = OmegaConf.merge(trained[0].method, {"noise_consistent": False, "num_noises": 4})
+    method = OmegaConf.to_container(trained[0].method)
+    cfg = OmegaConf.create({**method, "noise_consistent": False, "num_noises": 4})
     mucs = MUCS(cfg, context(trained, 1.6, tmp_path))
     items = torch.arange(5)
     loss_f2 = mucs.loss_f1[items][None] * 1.5 + torch.rand(1, 5, 4)

@@ -186,8 +186,9 @@ def test_table_2_unlearning_sigma_switch(trained):
     )
     runs = {}
     for sigma in ("training", "schedule"):
-        m_cfg = OmegaConf.merge(base, {"unlearn_sigma": sigma})
+        m_cfg = OmegaConf.merge(base, {"unlearn_sigma": sigma, "unlearn_schedule_fraction": 0.7})
         _, info = unlearn(f1, data.x[0], data.cond[:1], data, edm, 1.7, m_cfg, cfg, stream=(0, 0))
         runs[sigma] = info["trajectory"]
-    assert runs["training"][0, 0] == runs["schedule"][0, 0]  # same fine-tuning draws at step 0
-    assert not torch.allclose(runs["training"][:, 1], runs["schedule"][:, 1])
+    # U-C2 draws the sigmas of both the fine-tuning and the ascent terms from the schedule.
+    assert runs["training"].shape == runs["schedule"].shape
+    assert (runs["training"][0] != runs["schedule"][0]).all()

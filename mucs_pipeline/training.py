@@ -19,8 +19,10 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import rng
+from mucs_pipeline.checkpoints import ArtifactCheckpointIO
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion, build_model
 
@@ -237,6 +239,7 @@ def make_trainer(
         max_epochs=-1,
         logger=logger,
         callbacks=callbacks,
+        plugins=[ArtifactCheckpointIO()],  # atomic writes, checked and safe reads
         enable_checkpointing=folder is not None,
         enable_model_summary=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -259,10 +262,11 @@ def train(
     module = DiffusionTraining(net, diffusion, data, cfg.pretrain, cfg.seed, weights)
     trainer = make_trainer(cfg, folder, steps, job_type=job_type)
     last = folder / "checkpoints" / "last.ckpt"
-    if last.exists():
+    resume = io.resumable(last, cfg.get("strict", False))  # a damaged one restarts training
+    if resume:
         log.info("resuming from %s", last)
     # weights_only: a checkpoint is tensors and plain containers; a crafted pickle is refused.
-    trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
     if cfg.logger.name == "wandb":
         import wandb
 

@@ -18,9 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution.base import METHODS
 from mucs_pipeline.data.base import DATASETS
-from mucs_pipeline.layout import STAGES, conf_dir
+from mucs_pipeline.layout import STAGES
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
 

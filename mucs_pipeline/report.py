@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mucs_pipeline import artifacts as io
+from mucs_pipeline.cli import one_line_errors
 from mucs_pipeline.layout import BASELINE, read_manifest
 from mucs_pipeline.stages.evaluate import result_rows, write_tables
 
@@ -433,11 +434,16 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
     from omegaconf import OmegaConf
 
     from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.data.base import DatasetError
     from mucs_pipeline.evaluation.figures import save_grid
     from mucs_pipeline.stages.retrain import top_k_indices
 
     first = c.runs[c.labels[0]][0]
-    data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
+    try:
+        data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
+    except (DatasetError, FileNotFoundError) as err:  # the report may run where the data is not
+        log.warning("no top-k figures: the training set cannot be read here (%s)", err)
+        return
     items = io.load(first["generate"] / "items.pt")["target"]["images"][:n_items]
     for lb in c.labels:
         run = c.runs[lb][0]
@@ -487,9 +493,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="significance level")
     parser.add_argument("--wandb", action="store_true", help="also log tables and figures to W&B")
     args = parser.parse_args()
-    runs = read_runs(args.runs_dir)  # read once: a run that cannot be used is named once
-    report(args.runs_dir, args.alpha, runs)
-    report_comparisons(args.runs_dir, args.alpha, args.wandb, runs)
+    with one_line_errors():  # a damaged artifact is one line naming it
+        runs = read_runs(args.runs_dir)  # read once: a run that cannot be used is named once
+        report(args.runs_dir, args.alpha, runs)
+        report_comparisons(args.runs_dir, args.alpha, args.wandb, runs)
 
 
 if __name__ == "__main__":

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import os
 
 import hydra
 from omegaconf import DictConfig
 
-# The top-level conf/ of a source checkout, or the copy shipped inside the wheel.
-_SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
-CONFIG_PATH = "../conf" if (_SOURCE_CONF / "config.yaml").exists() else "conf"
+from mucs_pipeline import conf_dir
+from mucs_pipeline.cli import one_line_errors
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-def main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def app(cfg: DictConfig) -> None:
     from mucs_pipeline.pipeline import run
-    from mucs_pipeline.validate import ConfigError
 
-    try:
+    with one_line_errors():
         run(cfg)
-    except ConfigError as err:
-        print("\n".join(["invalid config:", *err.problems]), file=sys.stderr)
-        sys.exit(2)
+
+
+def main() -> None:
+    """The command line: Hydra's app, where a user's mistake is one line and exit status 2."""
+    # Hydra prints its own errors (an unknown key or option) and exits with 1; with
+    # HYDRA_FULL_ERROR it raises them instead, for one_line_errors to report.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with one_line_errors():
+        app()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
 
+# Item seeds are seed x 100,000 plus less than 150,000 (the tune split's offset, the item):
+# the largest run seed whose item seeds fit the int64 that seeds a torch generator.
+MAX_SEED = (2**63 - 1 - 150_000) // 100_000
+
 
 def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
     """Seeds and conditions of the m attributed items and the control items of run `cfg.seed`.

@@ -1,48 +1,121 @@
-"""Run folders, dependency keys and manifests: what lets a rerun skip finished stages."""
+"""The stage graph, run folders, keys and manifests: what lets a rerun skip finished work."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import pickle
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
-import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from mucs_pipeline import artifacts as io
+from mucs_pipeline import conf_dir
 from mucs_pipeline import distributed as dist
 
 log = logging.getLogger(__name__)
 
-STAGES = ["pretrain", "generate", "null_loss", "attribute", "retrain", "regenerate", "evaluate"]
 BASELINE = "random"  # the null attribution every method is compared against
+INPUTS = "inputs.json"  # a unit's record of the upstream content it is computed from
+Unit = tuple[str, "str | None"]  # (stage, method); method None for a stage shared by all
 
 
-def config_hash(*parts: Any) -> str:
-    """A short hash of config subtrees and upstream keys."""
-    resolved = [
-        OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts
-    ]
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[
-        :12
-    ]
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the graph. Each callable takes the Layout and a unit's method.
+
+    `key`: what the unit's key hashes (its config and the keys it is built from), so that
+    another method reuses every unit it shares with an earlier run; `reads`: the units
+    whose artifacts it reads; `units`: its units in order; `prefix`: its folder name's
+    prefix, before the key.
+    """
+
+    name: str
+    key: Callable[[Layout, str | None], tuple]
+    reads: Callable[[Layout, str | None], list[Unit]]
+    units: Callable[[Layout], list[str | None]] = lambda lay: [None]
+    prefix: Callable[[Layout, str | None], str | None] = lambda lay, method: method
 
 
-def conf_dir() -> Path:
-    """The Hydra config tree this process composes from (source checkout or wheel copy)."""
-    from mucs_pipeline.__main__ import CONFIG_PATH
+def _model(lay: Layout) -> tuple:
+    c = lay.cfg
+    return (c.dataset, c.model, c.diffusion, c.seed)
 
-    return (Path(__file__).parent / CONFIG_PATH).resolve()
+
+def _attributed(lay: Layout) -> list[str | None]:
+    """Every method's unit, an ensemble's components first (shared with runs of them)."""
+    return list(dict.fromkeys(u for m in lay.methods for u in [*lay.components(m), m]))
+
+
+GRAPH = (
+    Stage("pretrain", key=lambda lay, m: (*_model(lay), lay.cfg.pretrain), reads=lambda lay, m: []),
+    Stage(
+        "generate",
+        key=lambda lay, m: (lay.key("pretrain"), lay.cfg.generate),
+        reads=lambda lay, m: [("pretrain", None)],
+    ),
+    Stage(
+        "null_loss", key=lambda lay, m: (*_model(lay), lay.cfg.null_loss), reads=lambda lay, m: []
+    ),
+    Stage(
+        "attribute",
+        key=lambda lay, m: (
+            lay.key("generate"),
+            lay.key("null_loss"),
+            lay.method_cfg(m),
+            lay.cfg.pretrain,
+            lay.cfg.trainer.bf16_scoring,  # scoring precision changes the scores
+            *[lay.key("attribute", c) for c in lay.components(m)],
+        ),
+        reads=lambda lay, m: [
+            ("generate", None),
+            ("null_loss", None),
+            ("pretrain", None),
+            *[("attribute", c) for c in lay.components(m)],
+        ],
+        units=_attributed,
+    ),
+    Stage(
+        "retrain",
+        key=lambda lay, m: (
+            lay.key("attribute", m),
+            lay.key("pretrain"),
+            lay.cfg.evaluate.k_fraction,
+            lay.cfg.retrain,
+        ),
+        reads=lambda lay, m: [("attribute", m)],
+        units=lambda lay: lay.methods,
+    ),
+    Stage(
+        "regenerate",
+        key=lambda lay, m: (lay.key("retrain", m), lay.key("generate")),
+        reads=lambda lay, m: [("retrain", m), ("generate", None)],
+        units=lambda lay: lay.methods,
+    ),
+    Stage(
+        "evaluate",
+        key=lambda lay, m: (
+            [lay.key("regenerate", x) for x in lay.methods],
+            lay.cfg.metric,
+            lay.cfg.evaluate,
+        ),
+        reads=lambda lay, m: [*[("regenerate", x) for x in lay.methods], ("generate", None)],
+        prefix=lambda lay, m: lay.cfg.method.name,  # one evaluation per evaluated method
+    ),
+)
+STAGES = [stage.name for stage in GRAPH]
+_GRAPH = {stage.name: stage for stage in GRAPH}
+
+
+class MissingArtifactError(io.ArtifactError):
+    """A stage needs an upstream artifact that no finished unit holds."""
 
 
 @cache  # the code a process runs is fixed when it starts: one `git` call, not one per unit
@@ -64,97 +137,60 @@ def code_version() -> str:
     return f"{pkg}+{rev}" if rev else pkg
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file and os.replace (rank 0 of a multi-process job only)."""
-    if not dist.is_main():
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# The fields of a manifest that reruns rely on, with their types.
+_MANIFEST = {
+    "key": str,
+    "outputs": dict,
+    "input_hashes": (dict, type(None)),
+    "metrics": dict,
+    "code_version": str,
+}
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file and os.replace, so a killed job leaves no half file.
-
-    In a job of several processes only rank 0 writes (the ranks hold the same result).
-    """
-    if not dist.is_main():
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class UnsafeFileError(RuntimeError):
-    """A file that is not plain tensors and containers: loading it could run code."""
-
-
-class IntegrityError(RuntimeError):
-    """An artifact differs from the content hash its manifest recorded (strict=true)."""
-
-
-def load(path: Path, mmap: bool = False) -> Any:
-    """Load an artifact written by this pipeline (tensors and plain containers only).
-
-    torch's weights_only unpickler refuses anything else, such as a pickle crafted to
-    call a function on load; that is reported as an UnsafeFileError naming the file.
-    `mmap` maps the tensors' storage from the file instead of reading it into memory, so
-    that indexing a large cached matrix reads only the rows it touches.
-    """
+def read_manifest(path: Path) -> dict:
+    """A unit's manifest.json; DamagedFileError when it is not the JSON a run writes."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        raise UnsafeFileError(
-            f"refusing to load {path}: it holds more than tensors and plain containers "
-            f"(torch.load weights_only=True: {str(err).splitlines()[0]})"
-        ) from None
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered while its size and modification time do not change."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise io.DamagedFileError(path, f"not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise io.DamagedFileError(path, f"a JSON {type(manifest).__name__}, not an object")
+    wrong = [k for k, t in _MANIFEST.items() if not isinstance(manifest.get(k), t)]
+    if not wrong and not all(isinstance(v, str) for v in manifest["outputs"].values()):
+        wrong = ["outputs"]
+    if wrong:
+        raise io.DamagedFileError(path, f"missing or mistyped fields {wrong}")
+    return manifest
 
 
 class Layout:
-    """Where each stage's artifacts live: runs/<name>/seed<seed>/<stage>/[<method>-]<key>/.
+    """Where each unit's artifacts live: runs/<name>/seed<seed>/<stage>/[<prefix>-]<key>/.
 
-    A key hashes exactly what the stage depends on, so a run with another method reuses
-    the pretrained model, the generations and the random-removal retrain.
+    A unit is one stage for one method (or for all, for a shared stage). Its key hashes
+    exactly what it depends on, so a run with another method reuses the pretrained
+    model, the generations and the random-removal retrain.
     """
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.root = Path(cfg.paths.runs_dir) / cfg.name / f"seed{cfg.seed}"
+        self.runs_dir = Path(cfg.paths.runs_dir)
+        self.root = self.runs_dir / cfg.name / f"seed{cfg.seed}"
         self.methods = list(dict.fromkeys([cfg.method.name, BASELINE]))
-        model = (cfg.dataset, cfg.model, cfg.diffusion, cfg.seed)
-        self.keys: dict[tuple[str, str | None], str] = {}
-        self.keys["pretrain", None] = config_hash(*model, cfg.pretrain)
-        self.keys["generate", None] = config_hash(self.keys["pretrain", None], cfg.generate)
-        self.keys["null_loss", None] = config_hash(*model, cfg.null_loss)
+        self.keys: dict[Unit, str] = {}
+        self._reported: set[Path] = set()  # damaged files already reported
 
     def comparison_key(self) -> str:
         """What makes runs of different methods comparable side by side (one paper table):
         the config minus the method and the seed."""
         c = self.cfg
-        return config_hash(
+        return io.config_hash(
             c.name, c.dataset, c.model, c.diffusion, c.pretrain, c.generate, c.null_loss,
             c.retrain, c.evaluate, c.metric,
         )  # fmt: skip
 
     def experiment_key(self) -> str:
         """What makes runs of different seeds poolable: the config minus the seed."""
-        return config_hash(self.comparison_key(), self.cfg.method)
+        return io.config_hash(self.comparison_key(), self.cfg.method)
 
     def method_cfg(self, method: str) -> DictConfig:
         """The config of `method`: the selected one, or the defaults of its file in
@@ -180,43 +216,27 @@ class Layout:
             return []
         return [name for name, w in cfg.weights.items() if w]
 
+    def units(self, stage: str) -> list[str | None]:
+        """The methods of a stage's units, in the order they run (None: a shared unit)."""
+        return _GRAPH[stage].units(self)
+
+    def upstream(self, stage: str, method: str | None) -> list[Unit]:
+        """The units whose artifacts `stage` reads."""
+        return _GRAPH[stage].reads(self, method)
+
     def key(self, stage: str, method: str | None = None) -> str:
-        if (stage, method) in self.keys:
-            return self.keys[stage, method]
-        cfg = self.cfg
-        if stage == "attribute":
-            k = config_hash(
-                self.key("generate"),
-                self.key("null_loss"),
-                self.method_cfg(method),
-                cfg.pretrain,
-                cfg.trainer.bf16_scoring,  # scoring precision changes the scores
-                *[self.key("attribute", c) for c in self.components(method)],
-            )
-        elif stage == "retrain":
-            k = config_hash(
-                self.key("attribute", method),
-                self.key("pretrain"),
-                cfg.evaluate.k_fraction,
-                cfg.retrain,
-            )
-        elif stage == "regenerate":
-            k = config_hash(self.key("retrain", method), self.key("generate"))
-        elif stage == "evaluate":
-            k = config_hash(
-                [self.key("regenerate", m) for m in self.methods], cfg.metric, cfg.evaluate
-            )
-        else:
-            raise KeyError(stage)
-        self.keys[stage, method] = k
-        return k
+        if (stage, method) not in self.keys:
+            self.keys[stage, method] = io.config_hash(*_GRAPH[stage].key(self, method))
+        return self.keys[stage, method]
 
     def dir(self, stage: str, method: str | None = None) -> Path:
-        per_method = stage in ("attribute", "retrain", "regenerate")
-        name = f"{method}-{self.key(stage, method)}" if per_method else self.key(stage, method)
-        if stage == "evaluate":
-            name = f"{self.cfg.method.name}-{name}"
-        return self.root / stage / name
+        prefix = _GRAPH[stage].prefix(self, method)
+        key = self.key(stage, method)
+        return self.root / stage / (f"{prefix}-{key}" if prefix else key)
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the runs folder: what run.json stores, so that the folder can move."""
+        return path.relative_to(self.runs_dir).as_posix()
 
     def manifest(self, stage: str, method: str | None = None) -> dict | None:
         """The manifest of a finished unit whose config and inputs still match, else None.
@@ -225,43 +245,59 @@ class Layout:
         unit ran: a recomputed upstream stage invalidates what was built from it.
         """
         manifest = self._finished(stage, method)
-        if manifest is None or manifest.get("input_hashes") != self.input_hashes(stage, method):
+        if manifest is None or manifest["input_hashes"] != self.input_hashes(stage, method):
             return None
         return manifest
 
     def _finished(self, stage: str, method: str | None) -> dict | None:
-        """The unit's manifest if its key matches and its outputs exist."""
+        """The unit's manifest if its key matches and its outputs are intact."""
         path = self.dir(stage, method) / "manifest.json"
         if not path.exists():
             return None
-        manifest = json.loads(path.read_text())
-        if manifest.get("key") != self.key(stage, method):
+        try:
+            manifest = read_manifest(path)
+        except io.DamagedFileError as err:
+            self._damaged(path, err.why)
+            return None
+        if manifest["key"] != self.key(stage, method):
             return None
         d = path.parent
-        outputs = manifest.get("outputs", {})
+        outputs = manifest["outputs"]
         if not all((d / name).exists() for name in outputs):
             return None
-        changed = [name for name, sha in outputs.items() if file_sha256(d / name) != sha]
-        if changed:
-            what = f"{', '.join(changed)} in {d}"
-            if self.cfg.get("strict", False):
-                raise IntegrityError(
-                    f"{what} changed since its manifest was written (truncated or altered); "
-                    "strict=true stops here: delete the folder or rerun without strict"
-                )
-            log.warning("%s changed since its manifest was written: recomputing", what)
-            return None
+        for name, sha in outputs.items():
+            if io.file_sha256(d / name) != sha:
+                self._damaged(d / name, "changed since its manifest was written: cut or altered")
+                return None
         return manifest
+
+    def _damaged(self, path: Path, why: str) -> None:
+        """A damaged artifact of a unit, which is therefore computed again (said once)."""
+        if path not in self._reported:
+            io.damaged(path, why, self.cfg.get("strict", False))
+            self._reported.add(path)
 
     def require(self, stage: str, method: str | None = None) -> Path:
         """The folder of a finished upstream stage, or an error saying what to run."""
         if self.manifest(stage, method) is None:
             what = f"{stage} ({method})" if method else stage
-            raise FileNotFoundError(
+            raise MissingArtifactError(
                 f"stage {what} has no finished artifact at {self.dir(stage, method)}; "
                 f"run it first, e.g. stages=[{stage}] or the full pipeline"
             )
         return self.dir(stage, method)
+
+    def state(self, stage: str, method: str | None) -> str:
+        """What a run does with a unit: skip it (finished), resume it (a killed run left
+        partial results for the same inputs) or run it."""
+        if self.cfg.force:
+            return "run"
+        if self.manifest(stage, method) is not None:
+            return "skip"
+        folder = self.dir(stage, method)
+        partial = folder.exists() and any(p.name != INPUTS for p in folder.iterdir())
+        inputs = self.input_hashes(stage, method)
+        return "resume" if partial and not self._changed_inputs(folder, inputs) else "run"
 
     def run_unit(
         self,
@@ -307,10 +343,7 @@ class Layout:
             return done["metrics"]
         try:
             if dist.is_main():
-                if self.cfg.force and folder.exists():
-                    # Checkpoints and finished items would otherwise be resumed.
-                    shutil.rmtree(folder)
-                folder.mkdir(parents=True, exist_ok=True)
+                self._prepare(stage, method, what, folder)
             dist.barrier()  # the folder exists for every rank
             metrics = None
             if distributed or dist.is_main():
@@ -320,6 +353,39 @@ class Layout:
         finally:
             if dist.is_main():
                 lock.release()
+
+    def _prepare(self, stage: str, method: str | None, what: str, folder: Path) -> None:
+        """Ready the unit's folder: keep what a killed run left for the same upstream
+        content (checkpoints, finished items), discard anything else, record the inputs."""
+        for s, m in self.upstream(stage, method):
+            self.require(s, m)
+        inputs = self.input_hashes(stage, method)
+        if folder.exists():
+            if self.cfg.force:
+                shutil.rmtree(folder)  # checkpoints and finished items would be resumed
+            elif changed := self._changed_inputs(folder, inputs):
+                # A resume must never continue from a checkpoint made for other inputs.
+                log.info("recompute %s from scratch: %s", what, changed)
+                shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        io.atomic_write_text(folder / INPUTS, json.dumps(inputs, indent=2))
+
+    def _changed_inputs(self, folder: Path, inputs: dict | None) -> str | None:
+        """Why the partial results in `folder` were made from other inputs, or None."""
+        try:
+            recorded = json.loads((folder / INPUTS).read_text())
+        except FileNotFoundError:
+            if any(folder.iterdir()):
+                return "no record of the inputs its partial results were made from"
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"its {INPUTS} is unreadable"
+        if recorded == inputs:
+            return None
+        if not isinstance(recorded, dict) or inputs is None:
+            return "its inputs changed"
+        changed = sorted(u for u in {*recorded, *inputs} if recorded.get(u) != inputs.get(u))
+        return f"its input {', '.join(changed)} changed"
 
     def _run_locked(
         self, stage: str, method: str | None, what: str, folder: Path, work: Callable
@@ -331,9 +397,9 @@ class Layout:
         if not dist.is_main():
             return None
         outputs = {
-            p.name: file_sha256(p)
+            p.name: io.file_sha256(p)
             for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
+            if p.is_file() and p.name not in ("manifest.json", INPUTS) and p.name[0] != "."
         }
         manifest = {
             "stage": stage,
@@ -348,23 +414,9 @@ class Layout:
             "outputs": outputs,
             "metrics": metrics,
         }
-        atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
+        io.atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
         log.info("done %s in %.1f s", what, wall)
         return metrics
-
-    def upstream(self, stage: str, method: str | None) -> list[tuple[str, str | None]]:
-        """The (stage, method) units whose artifacts `stage` reads."""
-        if stage == "attribute":
-            components = [("attribute", c) for c in self.components(method)]
-            return [("generate", None), ("null_loss", None), ("pretrain", None), *components]
-        return {
-            "pretrain": [],
-            "generate": [("pretrain", None)],
-            "null_loss": [],
-            "retrain": [("attribute", method)],
-            "regenerate": [("retrain", method), ("generate", None)],
-            "evaluate": [("regenerate", m) for m in self.methods] + [("generate", None)],
-        }[stage]
 
     def input_hashes(self, stage: str, method: str | None) -> dict[str, dict[str, str]] | None:
         """The output hashes of every upstream unit as they are now (None if one is missing)."""

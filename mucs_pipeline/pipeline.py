@@ -27,12 +27,12 @@ def run(cfg: DictConfig) -> dict:
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
+    data = common.dataset(cfg)  # read first: an unreadable image stops the run before compute
     if "retrain" in cfg.stages:
-        check_training_set(cfg, len(common.dataset(cfg)))
+        check_training_set(cfg, len(data))
     if cfg.plan:
         from mucs_pipeline import plan
 
-        data = common.dataset(cfg)
         rows = plan.units(cfg, layout, len(data), data.cond is not None)
         print(f"Plan for {layout.root} (plan=true: nothing is computed):\n{plan.render(rows)}")
         return {"plan": rows}

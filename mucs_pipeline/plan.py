@@ -42,46 +42,35 @@ def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int]:
     return 0, 0  # random, pixel, condition, ensemble (its components are their own units)
 
 
+def unit_cost(
+    cfg: DictConfig, layout: Layout, stage: str, method: str | None, n: int, conditional: bool
+) -> tuple[int, int]:
+    """(forwards, optimizer steps) of one stage unit over n training items."""
+    items = cfg.generate.num_items + cfg.generate.num_controls
+    if stage in ("pretrain", "retrain"):
+        steps = cfg.pretrain.steps if stage == "pretrain" else cfg.retrain.steps
+        return _training(steps, cfg.pretrain.batch_size, n)
+    if stage in ("generate", "regenerate"):
+        return _generation(cfg, items, conditional), 0
+    if stage == "null_loss":
+        return cfg.null_loss.batch_size * cfg.null_loss.num_batches, 0
+    if stage == "attribute":
+        return attribution_cost(layout.method_cfg(method), n, cfg.generate.num_items)
+    return 0, 0  # evaluate: similarity metrics only
+
+
 def units(cfg: DictConfig, layout: Layout, n: int, conditional: bool) -> list[dict]:
     """The stage units of this run in execution order, with their state and cost."""
-    m = cfg.generate.num_items
-    items = m + cfg.generate.num_controls
     rows = []
-
-    def add(stage: str, method: str | None, cost: tuple[int, int]) -> None:
-        folder = layout.dir(stage, method)
-        if layout.manifest(stage, method) is not None and not cfg.force:
-            state = "skip"
-        elif folder.exists() and any(folder.iterdir()) and not cfg.force:
-            state = "resume"  # checkpoints or finished items of a killed run
-        else:
-            state = "run"
-        rows.append(
-            {"stage": stage, "method": method or "", "state": state, "forwards": cost[0],
-             "steps": cost[1], "folder": str(folder)}
-        )  # fmt: skip
-
     for stage in STAGES:
         if stage not in cfg.stages:
             continue
-        if stage == "pretrain":
-            add(stage, None, _training(cfg.pretrain.steps, cfg.pretrain.batch_size, n))
-        elif stage == "generate":
-            add(stage, None, (_generation(cfg, items, conditional), 0))
-        elif stage == "null_loss":
-            add(stage, None, (cfg.null_loss.batch_size * cfg.null_loss.num_batches, 0))
-        elif stage == "attribute":
-            for method in layout.methods:
-                for unit in [*layout.components(method), method]:
-                    add(stage, unit, attribution_cost(layout.method_cfg(unit), n, m))
-        elif stage == "retrain":
-            for method in layout.methods:
-                add(stage, method, _training(cfg.retrain.steps, cfg.pretrain.batch_size, n))
-        elif stage == "regenerate":
-            for method in layout.methods:
-                add(stage, method, (_generation(cfg, items, conditional), 0))
-        else:
-            add(stage, None, (0, 0))  # similarity metrics only
+        for method in layout.units(stage):
+            forwards, steps = unit_cost(cfg, layout, stage, method, n, conditional)
+            rows.append(
+                {"stage": stage, "method": method or "", "state": layout.state(stage, method),
+                 "forwards": forwards, "steps": steps, "folder": str(layout.dir(stage, method))}
+            )  # fmt: skip
     return rows
 
 

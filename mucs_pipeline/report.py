@@ -19,24 +19,84 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
+from mucs_pipeline.cli import one_line_errors
+from mucs_pipeline.layout import BASELINE, read_manifest
 from mucs_pipeline.stages.evaluate import result_rows, write_tables
 
+log = logging.getLogger(__name__)
 
-def find_runs(root: Path) -> dict[tuple[str, str, str], list[Path]]:
-    """Finished evaluate folders under root, grouped by (name, method, experiment key)."""
-    groups: dict[tuple[str, str, str], dict[int, Path]] = defaultdict(dict)
-    for info_path in sorted(root.rglob("evaluate/*/run.json")):
-        folder = info_path.parent
-        if not (folder / "manifest.json").exists():
-            continue  # unfinished
+# The fields of run.json that the report reads, with their types.
+_RUN = {
+    "name": str, "seed": int, "method": str, "experiment_key": str, "comparison_key": str,
+    "removed": dict, "k": int, "folder": str, "attribute": dict, "regenerate": dict,
+    "generate": str, "method_cfg": dict, "dataset_cfg": dict,
+}  # fmt: skip
+
+
+def _resolve(info: dict, info_path: Path) -> str | None:
+    """Resolve the artifact folders of `info` (relative to the runs folder) where that
+    folder is now, in place; or say why the run cannot be used."""
+    if not isinstance(info, dict):
+        return "not a JSON object"
+    wrong = [k for k, t in _RUN.items() if not isinstance(info.get(k), t)]
+    if wrong:
+        return (
+            f"missing or mistyped fields {wrong} (an older mucs_pipeline wrote absolute "
+            "paths: rerun its evaluate stage with stages=[evaluate] force=true)"
+        )
+    rel = Path(info["folder"])
+    if rel.is_absolute() or info_path.parent.parts[-len(rel.parts) :] != rel.parts:
+        return f"it describes the run folder {rel}, not the one it lies in"
+    runs_dir = info_path.parents[len(rel.parts)]
+    info["folder"] = info_path.parent
+    info["generate"] = runs_dir / info["generate"]
+    for stage in ("attribute", "regenerate"):
+        info[stage] = {m: runs_dir / p for m, p in info[stage].items()}
+    needed = [info["folder"] / "similarities_target.pt", info["generate"] / "items.pt"]
+    needed += [p / "scores.pt" for p in info["attribute"].values()]
+    needed += [p / "items.pt" for p in info["regenerate"].values()]
+    missing = [str(p) for p in needed if not p.exists()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def read_run(info_path: Path) -> dict | None:
+    """A finished evaluation's run.json with its artifact folders resolved, or None: an
+    unfinished run, or (with a warning naming it) one that cannot be used."""
+    manifest = info_path.parent / "manifest.json"
+    if not manifest.exists():
+        return None  # unfinished
+    try:
+        read_manifest(manifest)
         info = json.loads(info_path.read_text())
-        groups[info["name"], info["method"], info["experiment_key"]][info["seed"]] = folder
+        problem = _resolve(info, info_path)
+    except io.DamagedFileError as err:
+        problem = str(err)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"not valid JSON ({err})"
+    if problem:
+        log.warning("skipping %s: %s", info_path, problem)
+        return None
+    return info
+
+
+def read_runs(root: Path) -> list[dict]:
+    """Every usable finished evaluation under root."""
+    return [r for p in sorted(root.rglob("evaluate/*/run.json")) if (r := read_run(p))]
+
+
+def find_runs(root: Path, runs: list[dict] | None = None) -> dict[tuple[str, str, str], list[Path]]:
+    """Finished evaluate folders under root (or of `runs`, from read_runs), grouped by
+    (name, method, experiment key)."""
+    groups: dict[tuple[str, str, str], dict[int, Path]] = defaultdict(dict)
+    for info in read_runs(root) if runs is None else runs:
+        groups[info["name"], info["method"], info["experiment_key"]][info["seed"]] = info["folder"]
     return {k: [v[s] for s in sorted(v)] for k, v in groups.items()}
 
 
@@ -53,10 +113,10 @@ def pool(folders: list[Path]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     return pooled
 
 
-def report(root: Path, alpha: float = 0.01) -> list[Path]:
+def report(root: Path, alpha: float = 0.01, runs: list[dict] | None = None) -> list[Path]:
     """Write the pooled tables of every experiment under root; return their folders."""
     written = []
-    for (name, method, key), folders in find_runs(root).items():
+    for (name, method, key), folders in find_runs(root, runs).items():
         sims = pool(folders)
         metrics = list(next(iter(sims.values()))[method])
         infos = [json.loads((f / "run.json").read_text()) for f in folders]
@@ -66,7 +126,8 @@ def report(root: Path, alpha: float = 0.01) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         table = write_tables(rows, out)
         seeds = [i["seed"] for i in infos]
-        io.atomic_write_text(out / "runs.json", json.dumps([str(f) for f in folders], indent=2))
+        pooled = [f.relative_to(root).as_posix() for f in folders]  # relative: the folder moves
+        io.atomic_write_text(out / "runs.json", json.dumps(pooled, indent=2))
         print(f"\n{name} / {method}: {len(folders)} runs (seeds {seeds}) pooled -> {out}\n{table}")
         written.append(out)
     if not written:
@@ -141,17 +202,15 @@ def write_table(rows: list[dict], columns: list[str], base: Path, caption: str) 
     return markdown
 
 
-def find_comparisons(root: Path) -> dict[tuple[str, str], dict[str, list[dict]]]:
-    """Finished evaluations grouped by (name, comparison key), then by method; each run is
-    its run.json plus its folder, sorted by seed."""
+def find_comparisons(
+    root: Path, runs: list[dict] | None = None
+) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """Finished evaluations under root (or `runs`, from read_runs) grouped by (name,
+    comparison key), then by method; each run is its resolved run.json, sorted by seed."""
     groups: dict = defaultdict(lambda: defaultdict(list))
-    for info_path in sorted(root.rglob("evaluate/*/run.json")):
-        folder = info_path.parent
-        info = json.loads(info_path.read_text())
-        if not (folder / "manifest.json").exists() or "comparison_key" not in info:
-            continue
+    for info in read_runs(root) if runs is None else runs:
         label = info.get("label", info["method"])  # mucs/<ablation> for Table 2 rows
-        groups[info["name"], info["comparison_key"]][label].append({**info, "folder": folder})
+        groups[info["name"], info["comparison_key"]][label].append(info)
     return {
         k: {m: sorted(runs, key=lambda r: r["seed"]) for m, runs in v.items()}
         for k, v in groups.items()
@@ -222,7 +281,7 @@ class Comparison:
                     key = lb if method == self.method[lb] else method
                     if key != lb and r["seed"] in sets.get(key, {}):
                         continue  # random, shared by every row: read once per seed
-                    s = io.load(Path(folder) / "scores.pt")
+                    s = io.load(folder / "scores.pt")
                     setup = s.get("setup_seconds", 0.0) / len(s["seconds"])
                     sets.setdefault(key, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
                     if method == self.method[lb]:
@@ -349,23 +408,23 @@ def comparison_figures(c: Comparison, out: Path) -> None:
     from mucs_pipeline.evaluation import figures
 
     target = {lb: c.pooled[lb]["target"][c.method[lb]] for lb in c.labels}
-    target[io.BASELINE] = c.pooled[c.labels[0]]["target"][io.BASELINE]
+    target[BASELINE] = c.pooled[c.labels[0]]["target"][BASELINE]
     for metric in c.metrics:
         path = out / f"fig_similarity_{metric}.png"
-        figures.similarity_distributions(target, io.BASELINE, metric, path)
-        figures.roc_curves(target, io.BASELINE, metric, out / f"fig_roc_{metric}.png")
+        figures.similarity_distributions(target, BASELINE, metric, path)
+        figures.roc_curves(target, BASELINE, metric, out / f"fig_roc_{metric}.png")
     first = c.runs[c.labels[0]][0]
-    grid = [io.load(Path(first["generate"]) / "items.pt")["target"]["images"]]
+    grid = [io.load(first["generate"] / "items.pt")["target"]["images"]]
     for lb in c.labels:  # rows: reference, each method on the first run's seed, random
         runs = [r for r in c.runs[lb] if r["seed"] == first["seed"]]
         if runs:
             grid.append(
-                io.load(Path(runs[0]["regenerate"][c.method[lb]]) / "items.pt")["target"]["images"]
+                io.load(runs[0]["regenerate"][c.method[lb]] / "items.pt")["target"]["images"]
             )
-    grid.append(io.load(Path(first["regenerate"][io.BASELINE]) / "items.pt")["target"]["images"])
+    grid.append(io.load(first["regenerate"][BASELINE] / "items.pt")["target"]["images"])
     figures.save_grid(grid, out / "fig_regenerations.png")
     if "mucs" in c.runs:
-        scores = io.load(Path(c.runs["mucs"][0]["attribute"]["mucs"]) / "scores.pt")
+        scores = io.load(c.runs["mucs"][0]["attribute"]["mucs"] / "scores.pt")
         figures.trajectories(scores["trajectories"], None, out / "fig_mucs_trajectories.png")
     top_k_figures(c, out)
 
@@ -375,23 +434,30 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
     from omegaconf import OmegaConf
 
     from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.data.base import DatasetError
     from mucs_pipeline.evaluation.figures import save_grid
     from mucs_pipeline.stages.retrain import top_k_indices
 
     first = c.runs[c.labels[0]][0]
-    data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
-    items = io.load(Path(first["generate"]) / "items.pt")["target"]["images"][:n_items]
+    try:
+        data = build_dataset(OmegaConf.create(first["dataset_cfg"]))
+    except (DatasetError, FileNotFoundError) as err:  # the report may run where the data is not
+        log.warning("no top-k figures: the training set cannot be read here (%s)", err)
+        return
+    items = io.load(first["generate"] / "items.pt")["target"]["images"][:n_items]
     for lb in c.labels:
         run = c.runs[lb][0]
-        scores = io.load(Path(run["attribute"][c.method[lb]]) / "scores.pt")["scores"][:n_items]
+        scores = io.load(run["attribute"][c.method[lb]] / "scores.pt")["scores"][:n_items]
         top = top_k_indices(scores, n_top, run["seed"])
         rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
         save_grid(rows, out / f"fig_top_k_{lb.replace('/', '-')}.png")
 
 
-def report_comparisons(root: Path, alpha: float = 0.01, use_wandb: bool = False) -> list[Path]:
+def report_comparisons(
+    root: Path, alpha: float = 0.01, use_wandb: bool = False, runs: list[dict] | None = None
+) -> list[Path]:
     written = []
-    for (name, key), by_method in find_comparisons(root).items():
+    for (name, key), by_method in find_comparisons(root, runs).items():
         out = root / "report" / f"{name}-{key}"
         tables = comparison_report(name, by_method, out, alpha)
         print(f"\n{name}, comparison {key}: {', '.join(_order(by_method))} -> {out}")
@@ -427,8 +493,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="significance level")
     parser.add_argument("--wandb", action="store_true", help="also log tables and figures to W&B")
     args = parser.parse_args()
-    report(args.runs_dir, args.alpha)
-    report_comparisons(args.runs_dir, args.alpha, args.wandb)
+    with one_line_errors():  # a damaged artifact is one line naming it
+        runs = read_runs(args.runs_dir)  # read once: a run that cannot be used is named once
+        report(args.runs_dir, args.alpha, runs)
+        report_comparisons(args.runs_dir, args.alpha, args.wandb, runs)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import augment as augmentation
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import rng
+from mucs_pipeline.checkpoints import ArtifactCheckpointIO
 from mucs_pipeline.data import ImageData, build_dataset
-from mucs_pipeline.layout import atomic_save, load
 from mucs_pipeline.models import Diffusion, build_model
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class DiffusionTraining(L.LightningModule):
         if val < self.best_val:
             self.best_val.fill_(val)
             if self.best_path is not None:
-                atomic_save(copy.deepcopy(self.ema.module).cpu().state_dict(), self.best_path)
+                io.atomic_save(copy.deepcopy(self.ema.module).cpu().state_dict(), self.best_path)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -279,6 +280,7 @@ def make_trainer(
         max_epochs=-1,
         logger=logger,
         callbacks=callbacks,
+        plugins=[ArtifactCheckpointIO()],  # atomic writes, checked and safe reads
         enable_checkpointing=folder is not None,
         enable_model_summary=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -318,10 +320,11 @@ def train(
     module = DiffusionTraining(net, diffusion, data, tc, cfg.seed, weights, val_data, best)
     trainer = make_trainer(cfg, folder, steps, job_type=job_type, **extra)
     last = folder / "checkpoints" / "last.ckpt"
-    if last.exists():
+    resume = io.resumable(last, cfg.get("strict", False))  # a damaged one restarts training
+    if resume:
         log.info("resuming from %s", last)
     # weights_only: a checkpoint is tensors and plain containers; a crafted pickle is refused.
-    trainer.fit(module, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    trainer.fit(module, ckpt_path=str(last) if resume else None, weights_only=True)
     if cfg.logger.name == "wandb":
         import wandb
 
@@ -329,5 +332,5 @@ def train(
     ema = copy.deepcopy(module.ema.module).cpu().eval()
     if val_data is not None:
         log.info("best validation loss %.4f: F = the EMA then", module.best_val.item())
-        ema.load_state_dict(load(best))
+        ema.load_state_dict(io.load(best))
     return ema

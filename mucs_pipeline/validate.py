@@ -18,9 +18,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution.base import METHODS
 from mucs_pipeline.data.base import DATASETS
-from mucs_pipeline.layout import STAGES, conf_dir
+from mucs_pipeline.generation import MAX_SEED
+from mucs_pipeline.layout import BASELINE, STAGES
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
 
@@ -103,10 +105,21 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
     """Numeric ranges: (key, test, expectation); absent keys are not checked."""
     positive_int = (lambda v: isinstance(v, int) and v > 0, "an integer > 0")
     rules = [
-        ("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        # Item seeds are seed x 100,000 + i, and torch seeds a generator with an int64.
+        (
+            "seed",
+            lambda v: isinstance(v, int) and 0 <= v <= MAX_SEED,
+            f"an integer in [0, {MAX_SEED}]",
+        ),
+        (
+            "dataset.subset_seed",
+            lambda v: isinstance(v, int) and 0 <= v < 2**63,
+            "an integer in [0, 2**63)",
+        ),
         ("generate.num_items", *positive_int),
         ("generate.num_controls", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         ("generate.num_steps", *positive_int),
+        ("generate.batch_size", *positive_int),
         ("generate.cfg_weight", lambda v: v >= 0, "a number >= 0"),
         ("pretrain.steps", *positive_int),
         ("pretrain.batch_size", *positive_int),
@@ -116,6 +129,7 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("pretrain.augment.p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
         ("pretrain.patience", *positive_int),
         ("pretrain.validate_every", *positive_int),
+        ("pretrain.checkpoint_every", *positive_int),
         ("retrain.steps", *positive_int),
         ("null_loss.batch_size", *positive_int),
         ("null_loss.num_batches", *positive_int),
@@ -134,24 +148,40 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("model.heads", *positive_int),
         ("model.patch", *positive_int),
         ("dataset.resolution", *positive_int),
+        ("dataset.subset", *positive_int),  # null: the whole dataset
+        ("dataset.channels", lambda v: v in (1, 3), "1 (greyscale) or 3 (RGB)"),
         ("trainer.devices", *positive_int),
+        ("trainer.threads", *positive_int),  # null: torch's default
     ]
     for key, test, expected in rules:
         value = _get(cfg, key)
         if not _number(value):
             continue  # absent, or a wrong type that check_types reports
-        if math.isnan(value) or not test(value):
+        if not math.isfinite(value):
+            problems.append(f"{key}={value!r}: expected a finite number, {expected}")
+        elif not test(value):
             problems.append(f"{key}={value!r}: expected {expected}")
+    for key in ("model.conv_channels", "model.conv_strides"):
+        values = _get(cfg, key)
+        if isinstance(values, list) and not all(isinstance(v, int) and v > 0 for v in values):
+            problems.append(f"{key}={values}: expected a list of integers > 0")
 
 
 def check_semantics(cfg: dict, problems: list[str]) -> None:
-    unknown = [s for s in cfg.get("stages", []) if s not in STAGES]
-    if unknown:
-        problems.append(f"stages={cfg['stages']}: unknown {unknown}, expected some of {STAGES}")
+    stages = cfg.get("stages", [])
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        what = f"unknown {unknown}" if unknown else "nothing to run"
+        problems.append(f"stages={stages}: {what}, expected some of {STAGES}")
     method = cfg.get("method", {})
     kind = method.get("kind", method.get("name"))
     if kind not in METHODS:
         problems.append(f"method.name={kind!r}: expected one of {', '.join(METHODS)}")
+    elif method.get("name") == BASELINE:
+        problems.append(
+            f"method.name={BASELINE!r}: random removal is the null every method is compared "
+            "against, not a method to evaluate; choose another, e.g. method=mucs"
+        )
     dataset = cfg.get("dataset", {})
     if dataset.get("name") not in DATASETS:
         problems.append(f"dataset.name={dataset.get('name')!r}: expected one of {tuple(DATASETS)}")
@@ -161,6 +191,12 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
             heads, hidden = model["heads"], model["hidden"]
             problems.append(f"model.heads={heads}: expected a divisor of model.hidden={hidden}")
     strides, patch = model.get("conv_strides") or [], model.get("patch")
+    channels = model.get("conv_channels") or []
+    if len(strides) != len(channels):
+        problems.append(
+            f"model.conv_strides={strides}: expected one stride per entry of "
+            f"model.conv_channels={channels}"
+        )
     if isinstance(res, int) and isinstance(patch, int) and patch > 0:
         scale = math.prod(s for s in strides if isinstance(s, int)) or 1
         if res % scale or (res // scale) % patch:
@@ -191,6 +227,8 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
     metrics = _get(cfg, "metric.names") or []
     from mucs_pipeline.evaluation.metrics import METRICS
 
+    if not metrics:
+        problems.append(f"metric.names={metrics}: expected some of {sorted(METRICS)}")
     for name in metrics:
         if name not in METRICS:
             problems.append(
@@ -207,10 +245,19 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
 
 
 def check_paths(cfg: dict, problems: list[str]) -> None:
-    """Data and weight files that the configured stages will read."""
+    """The runs folder, and the data and weight files that the configured stages will read."""
+    if not str(_get(cfg, "paths.runs_dir", "")).strip():
+        problems.append("paths.runs_dir='': expected the folder that holds the run folders")
     dataset = cfg.get("dataset", {})
     root = dataset.get("root")
-    if root is not None and not dataset.get("download", False) and not Path(root).exists():
+    if root is None and dataset.get("name") == "folder":
+        problems.append(
+            "dataset.root=None: expected the folder of images to train on "
+            "(dataset=folder dataset.root=/path/to/images)"
+        )
+    elif root is not None and Path(root).is_file():
+        problems.append(f"dataset.root={root!r}: a file, expected a folder")
+    elif root is not None and not dataset.get("download", False) and not Path(root).exists():
         problems.append(
             f"dataset.root={root!r}: no such folder (see README, 'The paper's experiments', "
             "for what to download and where)"
@@ -230,11 +277,11 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every violation of `cfg` (a composed run config)."""
+    run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # Hydra's own node aside
     try:
-        tree = OmegaConf.to_container(cfg, resolve=True)
+        tree = OmegaConf.to_container(run, resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError([f"{err.full_key}: {err.msg}"]) from None
-    tree.pop("hydra", None)
     problems: list[str] = []
     check_types(tree, problems)
     check_ranges(tree, problems)

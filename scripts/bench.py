@@ -39,11 +39,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
+from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution import Context, build_method
 from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
 from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
-from mucs_pipeline.layout import conf_dir
 from mucs_pipeline.models import build_diffusion, build_model
 from mucs_pipeline.stages.null_loss import estimate_loss_null
 from mucs_pipeline.training import train

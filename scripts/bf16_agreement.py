@@ -27,11 +27,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
+from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
 from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.generation import generate, item_plan
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.models import build_diffusion
 from mucs_pipeline.stages import common, null_loss
 from mucs_pipeline.stages.retrain import top_k
@@ -42,7 +44,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "bf16_agreement.json"
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(io.conf_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("config", overrides=["logger=csv", "trainer.progress_bar=false", *overrides])
 
 
@@ -83,7 +85,7 @@ def agreement(cfg, f1, data, items: dict, loss_null: float, n_items: int) -> lis
 def digits_model(runs: Path) -> tuple:
     """F1, data, generated items and L_null of the finished default run under `runs`."""
     cfg = config(f"paths.runs_dir={runs}")
-    layout = io.Layout(cfg)
+    layout = Layout(cfg)
     data = common.dataset(cfg)
     f1 = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")
     items = io.load(layout.require("generate") / "items.pt")["target"]

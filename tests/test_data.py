@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mucs_pipeline.data import build_dataset
+from mucs_pipeline.data.base import DatasetError
 
 
 def dataset_cfg(name: str, **values):
@@ -62,12 +63,12 @@ def test_folder_unconditional_and_greyscale(tmp_path):
 
 
 def test_folder_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(DatasetError, match="is not a directory"):
         build_dataset(folder_cfg(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no class subfolders"):
+    with pytest.raises(DatasetError, match="no class subfolders"):
         build_dataset(folder_cfg(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="dataset.root is not set"):
+    with pytest.raises(DatasetError, match="dataset.root is not set"):
         build_dataset(folder_cfg(None))
 
 

@@ -227,7 +227,7 @@ def test_paper_experiments_compose_to_the_papers_protocol(experiment):
 
 
 def test_early_stopping_stops_without_improvement_and_keeps_the_best_ema(tmp_path):
-    from mucs_pipeline.layout import load
+    from mucs_pipeline.artifacts import load
     from mucs_pipeline.training import train
 
     # lr 0: the validation loss never improves on the first one.
@@ -312,7 +312,8 @@ def paper_files(experiment: str, root) -> list[str]:
 @pytest.mark.parametrize("experiment", PAPER)
 def test_paper_experiment_runs_every_stage_at_real_size(experiment, tmp_path):
     from mucs_pipeline import pipeline
-    from mucs_pipeline.layout import Layout, load
+    from mucs_pipeline.artifacts import load
+    from mucs_pipeline.layout import Layout
 
     overrides = [
         f"+experiment={experiment}", f"paths.runs_dir={tmp_path / 'runs'}", "logger=csv",

@@ -11,7 +11,8 @@ import torch
 from conftest import make_cfg, write_cifar_batches, write_coco
 
 from mucs_pipeline import pipeline
-from mucs_pipeline.layout import STAGES, Layout, file_sha256
+from mucs_pipeline.artifacts import file_sha256
+from mucs_pipeline.layout import STAGES, Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +122,7 @@ def test_report_pools_the_items_of_every_seed(finished):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["n_items"] for r in rows} == {"4"}  # 2 seeds x 2 items, targets and controls
-    with open(Path(json.loads((out / "runs.json").read_text())[0]) / "results.csv") as f:
+    with open(tmp / json.loads((out / "runs.json").read_text())[0] / "results.csv") as f:
         assert {r["n_items"] for r in csv.DictReader(f)} == {"2"}
 
 

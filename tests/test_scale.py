@@ -1,22 +1,26 @@
 """Scale-out: sweeps sharing artifacts, the SLURM launcher config, plan=true, kill -9 resume."""
 
 import csv
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONF, MICRO, cli_command, make_cfg, run_cli
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mucs_pipeline import pipeline
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.stages import retrain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,11 +80,43 @@ def test_slurm_launcher_composes_with_one_task_per_device():
     assert slurm.params["tasks_per_node"] == 4
 
 
-def test_plan_lists_skips_of_a_half_finished_run_and_writes_nothing(tmp_path, capsys):
+def test_a_job_waits_for_another_computing_a_shared_unit_then_skips_it(tmp_path, caplog):
+    pipeline.run(make_cfg(tmp_path, "stages=[pretrain,generate]"))
+    folder = Layout(make_cfg(tmp_path)).dir("generate")
+    manifest, items = folder / "manifest.json", folder / "items.pt"
+    finished, written = manifest.read_text(), items.stat().st_mtime_ns
+    manifest.unlink()  # another job is computing generate, under the unit's lock
+    other = FileLock(folder.parent / f".{folder.name}.lock")
+    other.acquire()
+    job = threading.Thread(target=pipeline.run, args=(make_cfg(tmp_path, "stages=[generate]"),))
+    with caplog.at_level(logging.INFO, logger="mucs_pipeline.layout"):
+        job.start()
+        deadline = time.time() + 120
+        while "waiting for generate" not in caplog.text and time.time() < deadline:
+            time.sleep(0.1)
+        manifest.write_text(finished)  # the other job finishes
+        other.release()
+        job.join(timeout=120)
+    assert "waiting for generate: another job is computing it" in caplog.text
+    assert "skip generate" in caplog.text and items.stat().st_mtime_ns == written
+
+
+class Killed(Exception):
+    """The job died here."""
+
+
+def test_plan_lists_skips_of_a_half_finished_run_and_writes_nothing(tmp_path, capsys, monkeypatch):
     pipeline.run(make_cfg(tmp_path, "stages=[pretrain,generate,null_loss,attribute]"))
+
+    def train_then_die(*args, **kwargs):
+        train(*args, **kwargs)
+        raise Killed  # before the retrain's outputs: its checkpoint is left to resume from
+
+    train = retrain.train
+    monkeypatch.setattr(retrain, "train", train_then_die)
+    with pytest.raises(Killed):
+        pipeline.run(make_cfg(tmp_path, "stages=[retrain]"))
     cfg = make_cfg(tmp_path, "plan=true")
-    (Layout(cfg).dir("retrain", "mucs") / "checkpoints").mkdir(parents=True)
-    (Layout(cfg).dir("retrain", "mucs") / "checkpoints" / "last.ckpt").write_bytes(b"")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     rows = pipeline.run(cfg)["plan"]
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before

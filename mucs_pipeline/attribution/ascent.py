@@ -21,8 +21,8 @@ import copy
 import torch
 from tqdm import tqdm
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import augment as augmentation
-from mucs_pipeline import layout as io
 from mucs_pipeline import rng
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.attribution.gradients import PerSampleGradients

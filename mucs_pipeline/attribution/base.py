@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
 
@@ -30,15 +30,9 @@ class Context:
     components: dict[str, torch.Tensor] | None = None  # ensembles: other methods' (m, |Z|) scores
 
     def cached(self, name: str, compute: Callable[[], Any], mmap: bool = False) -> Any:
-        """`compute()` once per run: read from `cache_dir/name` when a finished file is
-        there, else computed and written atomically. `mmap`: see `layout.load`."""
-        path = self.cache_dir / name
-        if path.exists():
-            return io.load(path, mmap=mmap)
-        value = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.atomic_save(value, path)
-        return value
+        """`compute()` once per run: read from `cache_dir/name` when an intact file is
+        there, else computed and written atomically. `mmap`: see `artifacts.load`."""
+        return io.cached(self.cache_dir / name, compute, mmap, self.cfg.get("strict", False))
 
 
 class Method:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.attribution.gradients import PerSampleGradients, Projector
 from mucs_pipeline.attribution.scoring import loss_matrix, training_bank
@@ -101,15 +102,12 @@ class DTRAK(Method):
         folder.mkdir(parents=True, exist_ok=True)
         per_shard = self.shard_items()
         parts = []
+        strict = self.ctx.cfg.get("strict", False)
         for i, start in enumerate(range(0, len(data), per_shard)):
-            path = folder / f"shard{i:05d}.pt"
-            if path.exists():
-                parts.append(io.load(path))
-                continue
             sl = slice(start, start + per_shard)
             cond = None if data.cond is None else data.cond[sl]
-            parts.append(self.features(data.x[sl], cond, f"{self.name} features shard {i}"))
-            io.atomic_save(parts[-1], path)
+            shard = partial(self.features, data.x[sl], cond, f"{self.name} features shard {i}")
+            parts.append(io.cached(folder / f"shard{i:05d}.pt", shard, strict=strict))
         return torch.cat(parts)
 
     def training_weights(self) -> torch.Tensor | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.attribution.scoring import (
     SCORE_RULES,

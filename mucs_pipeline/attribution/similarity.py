@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.data.base import one_hot
 

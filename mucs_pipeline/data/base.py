@@ -9,6 +9,10 @@ import torch
 from omegaconf import DictConfig
 
 
+class DatasetError(ValueError):
+    """The dataset's files cannot be used; the message names the file and what to do."""
+
+
 @dataclass
 class ImageData:
     """A training set held in memory: x in [-1, 1], (N, C, H, W); cond (N, D) or None."""
@@ -78,7 +82,7 @@ def take_subset(data: ImageData, size: int | None, seed: int) -> ImageData:
     if size is None or size >= len(data):
         return data
     if size <= 0:
-        raise ValueError(f"dataset.subset={size}: expected a positive size or null")
+        raise DatasetError(f"dataset.subset={size}: expected a positive size or null")
     return data.subset(subset_indices(len(data), size, seed))
 
 

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.data.base import ImageData
 from mucs_pipeline.data.folder import load_image
 from mucs_pipeline.pretrained import clip_text_embeddings
@@ -48,18 +48,9 @@ def _split_files(cfg: DictConfig, split: str) -> tuple[Path, Path]:
     return ann, images
 
 
-def _cached(path: Path, compute) -> torch.Tensor:
-    if path.exists():
-        return io.load(path)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.atomic_save(value, path)
-    return value
-
-
 def _embed(captions: list[str], cfg: DictConfig, cache: Path) -> torch.Tensor:
     key = io.config_hash(cfg.clip_model, cfg.clip_pretrained, captions)
-    return _cached(
+    return io.cached(
         cache / f"clip_text-{key}.pt",
         lambda: clip_text_embeddings(
             captions, cfg.clip_model, cfg.clip_pretrained, cfg.clip_cache_dir
@@ -78,7 +69,9 @@ def _pixels(cfg: DictConfig, split: str, entries: list, images: Path, ann: Path)
         return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8)
 
     cache = Path(cfg.cache_dir).expanduser()
-    return _cached(cache / f"images-{split}-{cfg.resolution}-{io.config_hash(str(ann))}.pt", decode)
+    return io.cached(
+        cache / f"images-{split}-{cfg.resolution}-{io.config_hash(str(ann))}.pt", decode
+    )
 
 
 def load(cfg: DictConfig) -> ImageData:

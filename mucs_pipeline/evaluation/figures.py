@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from mucs_pipeline import artifacts as io
+
 
 def save_grid(rows: list[torch.Tensor], path: Path, min_size: int = 32) -> None:
     """One row per batch of (N, C, H, W) images in [-1, 1]; small images upscaled (nearest)."""
@@ -15,19 +17,25 @@ def save_grid(rows: list[torch.Tensor], path: Path, min_size: int = 32) -> None:
     scale = max(1, min_size // images.shape[-1])
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image((images + 1) / 2, tmp, nrow=len(rows[0]), padding=2, pad_value=1.0)
-    tmp.replace(path)
+    grid = (images + 1) / 2
+    io.atomic_write(
+        path,
+        lambda tmp: save_image(
+            grid, tmp, nrow=len(rows[0]), padding=2, pad_value=1.0, format="png"
+        ),
+    )
 
 
 def _save(fig, path: Path) -> None:
     """Write a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        io.atomic_write(
+            path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        )
+    finally:
+        plt.close(fig)
 
 
 def _figure(n_panels: int, width: float = 3.2, height: float = 2.6):

@@ -9,15 +9,16 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
-from mucs_pipeline import layout as io
 from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common, null_loss
 
 log = logging.getLogger(__name__)
 
 
-def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
+def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     data = common.dataset(cfg)
     items = io.load(layout.require("generate") / "items.pt")["target"]
     setup_start = time.perf_counter()
@@ -43,7 +44,9 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     parts = folder / "items"
     parts.mkdir(exist_ok=True)
     m = len(items["seeds"])
-    todo = [i for i in range(m) if not (parts / f"item{i:04d}.pt").exists()]  # kept after a kill
+    # Finished items are kept after a kill; a damaged one is computed again.
+    strict = cfg.get("strict", False)
+    todo = [i for i in range(m) if not io.resumable(parts / f"item{i:04d}.pt", strict)]
     scorer = build_method(layout.method_cfg(method), ctx)
     if todo:
         scorer.prepare(items["images"], items["cond"])
@@ -84,15 +87,13 @@ def attribute(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     return metrics
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
-    metrics = {}
-    for method in layout.methods:
-        # An ensemble's components first: their units are shared with runs of each method.
-        for m in [*layout.components(method), method]:
-            metrics[m] = layout.run_unit(
-                "attribute",
-                m,
-                lambda folder, m=m: attribute(cfg, layout, m, folder),
-                distributed=True,  # scoring grids are split across the ranks
-            )
-    return metrics
+def run(cfg: DictConfig, layout: Layout) -> dict:
+    return {
+        m: layout.run_unit(
+            "attribute",
+            m,
+            lambda folder, m=m: attribute(cfg, layout, m, folder),
+            distributed=True,  # scoring grids are split across the ranks
+        )
+        for m in layout.units("attribute")
+    }

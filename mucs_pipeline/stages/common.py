@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
-from mucs_pipeline import layout as io
 from mucs_pipeline.data import ImageData, build_dataset
 from mucs_pipeline.models import Diffusion, build_diffusion
 from mucs_pipeline.training import init_model

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation.figures import save_grid, similarity_distributions
 from mucs_pipeline.evaluation.metrics import similarities
 from mucs_pipeline.evaluation.stats import compare, compare_two_sided, normalized_difference
+from mucs_pipeline.layout import BASELINE, Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.stages.retrain import top_k
 
@@ -58,7 +59,7 @@ def result_rows(
     for subset, by_method in sims.items():
         for metric in metric_names:
             s_m = by_method[method][metric].numpy()
-            s_r = by_method[io.BASELINE][metric].numpy()
+            s_r = by_method[BASELINE][metric].numpy()
             # Targets: did removal lower similarity (one-sided)? Controls: did it change at all?
             auc, p = (compare if subset == "target" else compare_two_sided)(s_m, s_r)
             diff, ci = normalized_difference(s_m, s_r)
@@ -74,7 +75,7 @@ def result_rows(
                     "mean_similarity": float(s_m.mean()),
                     "mean_similarity_random": float(s_r.mean()),
                     "num_removed": removed[method],
-                    "num_removed_random": removed[io.BASELINE],
+                    "num_removed_random": removed[BASELINE],
                     "diff_pct": diff,  # App. B.1, % (negative: more change than random)
                     "diff_ci": ci,  # half-width of its 95% confidence interval
                 }
@@ -84,18 +85,20 @@ def result_rows(
 
 def write_tables(rows: list[dict], folder: Path) -> str:
     """results.csv and results.md in `folder`; returns the Markdown table."""
-    tmp = folder / ".results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(folder / "results.csv")
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    io.atomic_write(folder / "results.csv", write_csv)
     table = markdown_table(rows)
     io.atomic_write_text(folder / "results.md", table)
     return table
 
 
-def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
+def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
     original = io.load(layout.require("generate") / "items.pt")
     regen = {m: io.load(layout.require("regenerate", m) / "items.pt") for m in layout.methods}
     sims = {}
@@ -124,10 +127,12 @@ def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
         "ablation": OmegaConf.to_container(cfg.ablation) if cfg.get("ablation") else None,
         "removed": removed,
         "k": top_k(len(common.dataset(cfg)), cfg.evaluate.k_fraction),
-        # Where each method's artifacts are, for the report's tables and figures.
-        "attribute": {m: str(layout.require("attribute", m)) for m in layout.methods},
-        "regenerate": {m: str(layout.require("regenerate", m)) for m in layout.methods},
-        "generate": str(layout.require("generate")),
+        # Where this run's artifacts are, for the report's tables and figures: relative to
+        # the runs folder, so that the report works wherever it is moved or copied.
+        "folder": layout.relative(folder),
+        "attribute": {m: layout.relative(layout.require("attribute", m)) for m in layout.methods},
+        "regenerate": {m: layout.relative(layout.require("regenerate", m)) for m in layout.methods},
+        "generate": layout.relative(layout.require("generate")),
         "method_cfg": OmegaConf.to_container(cfg.method, resolve=True),
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
     }
@@ -136,7 +141,7 @@ def evaluate(cfg: DictConfig, layout: io.Layout, folder: Path) -> dict:
     save_grid(grid, folder / "regenerations.png")
     for metric in names:
         similarity_distributions(
-            sims["target"], io.BASELINE, metric, folder / f"similarity_{metric}.png"
+            sims["target"], BASELINE, metric, folder / f"similarity_{metric}.png"
         )
     log_wandb(cfg, rows, folder)
     return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
@@ -166,9 +171,9 @@ def log_wandb(cfg: DictConfig, rows: list[dict], folder: Path) -> None:
     run.finish()
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     return layout.run_unit("evaluate", None, lambda folder: evaluate(cfg, layout, folder))
 
 
-def read_results(layout: io.Layout) -> str:
+def read_results(layout: Layout) -> str:
     return (layout.require("evaluate") / "results.md").read_text()

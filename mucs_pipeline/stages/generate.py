@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation.figures import save_grid
 from mucs_pipeline.generation import generate, item_plan
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 
 
@@ -29,7 +30,7 @@ def generate_items(cfg: DictConfig, net, data) -> dict:
     return out
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     def work(folder):
         data = common.dataset(cfg)
         net = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import rng
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import init_model, training_losses
 
@@ -25,7 +26,7 @@ def estimate_loss_null(cfg: DictConfig, data, diffusion) -> float:
     return total / count
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     def work(folder):
         loss_null = estimate_loss_null(cfg, common.dataset(cfg), common.diffusion(cfg))
         io.atomic_write_text(folder / "loss_null.txt", f"{loss_null!r}\n")
@@ -34,5 +35,5 @@ def run(cfg: DictConfig, layout: io.Layout) -> dict:
     return layout.run_unit("null_loss", None, work)
 
 
-def read(layout: io.Layout) -> float:
+def read(layout: Layout) -> float:
     return float((layout.require("null_loss") / "loss_null.txt").read_text())

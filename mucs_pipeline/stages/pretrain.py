@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     def work(folder):
         data = common.dataset(cfg)
         net = train(cfg, data, common.diffusion(cfg), folder, cfg.pretrain.steps)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.stages.generate import generate_items
 
 
-def regenerate(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
+def regenerate(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     data = common.dataset(cfg)
     net = common.load_net(cfg, data, layout.require("retrain", method) / "ema.pt")
     io.atomic_save(generate_items(cfg, net, data), folder / "items.pt")
     return {}
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     return {
         m: layout.run_unit("regenerate", m, lambda folder, m=m: regenerate(cfg, layout, m, folder))
-        for m in layout.methods
+        for m in layout.units("regenerate")
     }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from mucs_pipeline import layout as io
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import rng
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
 
@@ -31,7 +32,7 @@ def removal_set(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return top_k_indices(scores, k, seed).flatten().unique()
 
 
-def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
+def retrain(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     data = common.dataset(cfg)
     scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
     removed = removal_set(scores, top_k(len(data), cfg.evaluate.k_fraction), cfg.seed)
@@ -58,10 +59,10 @@ def retrain(cfg: DictConfig, layout: io.Layout, method: str, folder) -> dict:
     return {"num_removed": len(removed), "fraction_removed": len(removed) / len(data)}
 
 
-def run(cfg: DictConfig, layout: io.Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout) -> dict:
     return {
         m: layout.run_unit(
             "retrain", m, lambda folder, m=m: retrain(cfg, layout, m, folder), distributed=True
         )
-        for m in layout.methods
+        for m in layout.units("retrain")
     }

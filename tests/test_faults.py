@@ -28,12 +28,21 @@ from mucs_pipeline.layout import Layout
 from mucs_pipeline.report import report, report_comparisons
 from mucs_pipeline.validate import validate
 
+# After 12 steps at warmup learning rates a zero-initialised output layer has passed
+# almost no gradient upstream, and a retrain without other items can end bit-identical:
+# the micro runs of these tests start from PyTorch's default init so every change shows.
+FAULTS = ("model.zero_init_output=false",)
+
+
+def fault_cfg(runs: Path, *overrides: str):
+    return make_cfg(runs, *FAULTS, *overrides)
+
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """One finished micro run of MUCS against random; each test changes its own copy."""
     runs = tmp_path_factory.mktemp("clean") / "runs"
-    pipeline.run(make_cfg(runs))
+    pipeline.run(fault_cfg(runs))
     return runs
 
 
@@ -49,7 +58,7 @@ def unit(name: str) -> tuple[str, str | None]:
 
 
 def folder(runs: Path, name: str) -> Path:
-    return Layout(make_cfg(runs)).dir(*unit(name))
+    return Layout(fault_cfg(runs)).dir(*unit(name))
 
 
 def finished(runs: Path) -> dict[str, int]:
@@ -85,7 +94,7 @@ def digest(value) -> str:
 
 def results(runs: Path) -> dict[str, str]:
     """A digest of every unit's results (not its timings), by unit."""
-    layout = Layout(make_cfg(runs))
+    layout = Layout(fault_cfg(runs))
     d, load = layout.dir, artifacts.load
     out = {
         "pretrain": load(d("pretrain") / "ema.pt"),
@@ -161,10 +170,10 @@ def test_a_changed_upstream_artifact_recomputes_exactly_its_dependants_from_scra
     reference = shutil.copytree(runs, tmp_path / "reference")
     for d in dependants:
         shutil.rmtree(folder(reference, d))
-    pipeline.run(make_cfg(reference))
+    pipeline.run(fault_cfg(reference))
     before = finished(runs)
     with caplog.at_level(logging.INFO, logger="mucs_pipeline.layout"):
-        pipeline.run(make_cfg(runs))  # checkpoints and finished items of the old inputs remain
+        pipeline.run(fault_cfg(runs))  # checkpoints and finished items of the old inputs remain
     after = finished(runs)
     assert {u for u in after if after[u] != before[u]} == set(dependants)
     said = [re.match(r"recompute (\S+) from scratch: its input (.+) changed", r.getMessage())
@@ -265,10 +274,10 @@ def test_a_full_disk_leaves_no_damaged_file_and_the_rerun_finishes_the_run(
     with monkeypatch.context() as mp:
         fill_disk(mp, runs, name, nth)
         with pytest.raises(OSError) as err:
-            pipeline.run(make_cfg(runs, f"stages=[{stage}]", "force=true"))
+            pipeline.run(fault_cfg(runs, f"stages=[{stage}]", "force=true"))
         assert err.value.errno == errno.ENOSPC
     assert not [p for p in runs.rglob("*") if ".tmp" in p.name]  # no part of a file is left
-    pipeline.run(make_cfg(runs))  # space was freed: the rerun resumes and finishes
+    pipeline.run(fault_cfg(runs))  # space was freed: the rerun resumes and finishes
     assert results(runs) == results(clean)
 
 
@@ -311,12 +320,12 @@ def test_a_damaged_file_is_recomputed_with_a_warning_or_named_in_one_line_with_s
         shutil.rmtree(lost) if lost.is_dir() else lost.unlink()
     (path,) = root.glob(pattern)
     damage(path)
-    code, stderr = run_main(monkeypatch, capsys, runs, "strict=true")
+    code, stderr = run_main(monkeypatch, capsys, runs, *FAULTS, "strict=true")
     assert code == 2
     (line,) = [line for line in stderr if str(path) in line]
     assert line.startswith(f"{path} is damaged") and "strict=true stops here" in line
     with caplog.at_level(logging.WARNING):
-        pipeline.run(make_cfg(runs))
+        pipeline.run(fault_cfg(runs))
     assert f"{path} is damaged" in caplog.text
     assert results(runs) == results(clean)
 
@@ -327,7 +336,7 @@ def test_a_crafted_pickle_in_a_run_folder_is_refused_in_one_line_naming_it(
     marker, path = tmp_path / "pwned", folder(runs, "pretrain") / "ema.pt"
     payload = type("Payload", (), {"__reduce__": lambda self: (os.system, (f"touch {marker}",))})
     rewrite(path, lambda p: torch.save({"weight": payload()}, p))
-    code, stderr = run_main(monkeypatch, capsys, runs)
+    code, stderr = run_main(monkeypatch, capsys, runs, *FAULTS)
     assert code == 2 and not marker.exists()
     (line,) = [line for line in stderr if str(path) in line]
     assert "was refused as unsafe" in line and "weights_only" not in line
@@ -369,7 +378,7 @@ def test_the_report_works_from_another_directory(clean, tmp_path, monkeypatch):
     shutil.copytree(clean, there / "runs")
     monkeypatch.chdir(there)
     # A relative paths.runs_dir, as the default `runs` is: its run.json is written here.
-    pipeline.run(make_cfg(Path("runs"), "stages=[evaluate]", "force=true"))
+    pipeline.run(fault_cfg(Path("runs"), "stages=[evaluate]", "force=true"))
     (elsewhere := tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(elsewhere)
     (out,) = report(Path("../there/runs"))

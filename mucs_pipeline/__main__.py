@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -12,11 +13,20 @@ from mucs_pipeline.cli import one_line_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def app(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mucs_pipeline import tracking
     from mucs_pipeline.pipeline import run
 
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tracking.set_job(
+        hydra_cfg.runtime.choices, Path(hydra_cfg.sweep.dir).name if multirun else None
+    )
     with one_line_errors():
-        run(cfg)
+        return run(cfg)
 
 
 def main() -> None:

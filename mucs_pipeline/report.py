@@ -12,7 +12,9 @@ folder and writes, under `<runs dir>/report/`:
   figures: similarity distributions (Fig. 2), ROC curves, reference vs regenerated
   grids (Figs. 3-5), MUCS unlearning trajectories, top-k training items per item.
 
-`--wandb` also logs every table and figure to one W&B run (offline unless configured).
+`--wandb` also logs every table and figure to one W&B run per comparison (offline unless
+WANDB_MODE says otherwise; numbers in separate columns, so W&B sorts and plots them), and
+`--sync` uploads every offline W&B run under the folder (each stage's and the report's).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -165,14 +169,65 @@ def _order(methods) -> list[str]:
     return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
 
 
+@dataclass(frozen=True)
+class Num:
+    """A table cell holding a number: text in .md, .csv and .tex ("0.812*", "1.2±0.3",
+    "0.50 (p=0.62)"); separate numeric columns in .json and W&B (value, _ci, _p)."""
+
+    value: float | None
+    ci: float | None = None  # half-width of the 95% confidence interval
+    p: float | None = None  # the test's p-value
+    star: bool = False  # significant: "*" after the text
+    spec: str = ".3f"  # format of the value (and the CI)
+    show_p: bool = False  # "(p=...)" after the text
+    text: str | None = None  # the text instead of the formatted value
+
+    def __str__(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.value is None:
+            return "-"
+        out = format(self.value, self.spec)
+        if self.ci is not None:
+            out += "±" + format(self.ci, self.spec.lstrip("+"))
+        if self.show_p and self.p is not None:
+            out += f" (p={self.p:.2g})"
+        return out + ("*" if self.star else "")
+
+
+def numeric(rows: list[dict], columns: list[str]) -> tuple[list[str], list[list]]:
+    """Columns and rows with every Num split into numbers: `c`, and `c_ci` / `c_p` where
+    any row of column `c` has them; what W&B sorts and plots."""
+
+    def has(c: str, part: str) -> bool:
+        return any(isinstance(r.get(c), Num) and getattr(r[c], part) is not None for r in rows)
+
+    parts = {c: [part for part in ("ci", "p") if has(c, part)] for c in columns}
+
+    def cells(r: dict) -> list:
+        out = []
+        for c in columns:
+            num = r.get(c) if isinstance(r.get(c), Num) else None
+            out.append(num.value if num else r.get(c))
+            out += [getattr(num, part) if num else None for part in parts[c]]
+        return out
+
+    return [x for c in columns for x in (c, *[f"{c}_{p}" for p in parts[c]])], [
+        cells(r) for r in rows
+    ]
+
+
 def fmt(value) -> str:
+    if isinstance(value, Num):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
     return str(value)
 
 
 def write_table(rows: list[dict], columns: list[str], base: Path, caption: str) -> str:
-    """base.md, base.csv and base.tex of one table; returns the Markdown."""
+    """base.md, base.csv and base.tex of one table, and base.json with its numbers in
+    separate columns (value, CI, p: see `numeric`); returns the Markdown."""
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     md = [f"{caption}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(row) + " |" for row in cells]
@@ -199,6 +254,9 @@ def write_table(rows: list[dict], columns: list[str], base: Path, caption: str) 
         "\\end{table}",
     ]
     io.atomic_write_text(base.with_suffix(".tex"), "\n".join(latex) + "\n")
+    number_columns, data = numeric(rows, columns)
+    table = {"caption": caption, "columns": number_columns, "data": data}
+    io.atomic_write_text(base.with_suffix(".json"), json.dumps(table, indent=1))
     return markdown
 
 
@@ -217,16 +275,16 @@ def find_comparisons(
     }
 
 
-def _auc(r: dict) -> str:
-    return f"{r['auc']:.3f}" + ("*" if r["significant"] else "")
+def _auc(r: dict) -> Num:
+    return Num(r["auc"], p=r["p_value"], star=bool(r["significant"]))
 
 
-def _diff(r: dict) -> str:
-    return f"{r['diff_pct']:.1f}±{r['diff_ci']:.1f}"
+def _diff(r: dict) -> Num:
+    return Num(r["diff_pct"], ci=r["diff_ci"], spec=".1f")
 
 
-def _control(r: dict) -> str:
-    return f"{r['auc']:.3f} (p={r['p_value']:.2g})"
+def _control(r: dict) -> Num:
+    return Num(r["auc"], p=r["p_value"], show_p=True)
 
 
 class Comparison:
@@ -293,9 +351,9 @@ class Comparison:
                 {
                     "method": lb,
                     "runs": len(per_run),
-                    "seconds per item": f"{mean:.2f}±{ci:.2f}",
+                    "seconds per item": Num(mean, ci=ci, spec=".2f"),
                     "minutes per item": mean / 60,
-                    "items at max_steps": "-" if capped is None else capped,
+                    "items at max_steps": Num(capped, spec="d"),
                 }
             )
         return time_rows, sets
@@ -309,12 +367,14 @@ class Comparison:
         for a in names:
             pairs = [v for run_sets in sets[a].values() for v in pair_overlaps(run_sets, self.k)]
             mean, ci = mean_ci(pairs) if pairs else (float("nan"), 0.0)
-            items.append({"method": a, "runs": len(sets[a]), "overlap %": f"{mean:.1f}±{ci:.1f}"})
+            items.append(
+                {"method": a, "runs": len(sets[a]), "overlap %": Num(mean, ci, spec=".1f")}
+            )
             line = {"method": a}
             for b in names:
                 seeds = sorted(set(sets[a]) & set(sets[b]))
                 values = [overlap_between_methods(sets[a][s], sets[b][s], self.k) for s in seeds]
-                line[b] = f"{sum(values) / len(values):.1f}" if values and a != b else "-"
+                line[b] = Num(sum(values) / len(values) if values and a != b else None, spec=".1f")
             matrix.append(line)
         return items, matrix
 
@@ -339,7 +399,8 @@ class Comparison:
         ref = self.by_metric("mucs")
         rows = [{"row": "", "description": "MUCS (proposed)", "method": "mucs"}]
         rows[0].update({m: _auc(ref[m]) for m in self.metrics})
-        rows[0]["delta %"] = f"({sum(ref[m]['auc'] for m in self.metrics) / len(self.metrics):.3f})"
+        mean_auc = sum(ref[m]["auc"] for m in self.metrics) / len(self.metrics)
+        rows[0]["delta %"] = Num(0.0, text=f"({mean_auc:.3f})")  # MUCS's own mean AUC
         for lb in ablations:
             r, info = self.by_metric(lb), self.runs[lb][0].get("ablation") or {}
             line = {
@@ -348,8 +409,12 @@ class Comparison:
                 "method": lb,
             }
             line.update({m: _auc(r[m]) for m in self.metrics})
-            rel = [(r[m]["auc"] - ref[m]["auc"]) / ref[m]["auc"] for m in self.metrics]
-            line["delta %"] = f"{100 * sum(rel) / len(rel):+.1f}%"
+            # Relative to MUCS's AUC; undefined where that is 0 (a tiny run), so left out.
+            rel = [
+                (r[m]["auc"] - ref[m]["auc"]) / ref[m]["auc"] for m in self.metrics if ref[m]["auc"]
+            ]
+            delta = 100 * sum(rel) / len(rel) if rel else None
+            line["delta %"] = Num(delta, text=None if delta is None else f"{delta:+.1f}%")
             rows.append(line)
         return rows
 
@@ -414,18 +479,32 @@ def comparison_figures(c: Comparison, out: Path) -> None:
         figures.similarity_distributions(target, BASELINE, metric, path)
         figures.roc_curves(target, BASELINE, metric, out / f"fig_roc_{metric}.png")
     first = c.runs[c.labels[0]][0]
+    metric = c.metrics[0]
+    n = len(io.load(first["generate"] / "items.pt")["target"]["images"])
     grid = [io.load(first["generate"] / "items.pt")["target"]["images"]]
+    labels, captions = ["original"], [[f"item {i}" for i in range(n)]]
+
+    def add(label: str, run: dict, method: str) -> None:
+        grid.append(io.load(run["regenerate"][method] / "items.pt")["target"]["images"])
+        sims = io.load(run["folder"] / "similarities_target.pt")[method][metric]
+        labels.append(label)
+        captions.append([f"{metric} {v:.3f}" for v in sims.tolist()])
+
     for lb in c.labels:  # rows: reference, each method on the first run's seed, random
         runs = [r for r in c.runs[lb] if r["seed"] == first["seed"]]
         if runs:
-            grid.append(
-                io.load(runs[0]["regenerate"][c.method[lb]] / "items.pt")["target"]["images"]
-            )
-    grid.append(io.load(first["regenerate"][BASELINE] / "items.pt")["target"]["images"])
-    figures.save_grid(grid, out / "fig_regenerations.png")
+            add(lb, runs[0], c.method[lb])
+    add(BASELINE, first, BASELINE)
+    figures.save_grid(
+        grid, out / "fig_regenerations.png", labels, captions,
+        title=f"Seed {first['seed']}: original and regenerated after each method's removal",
+    )  # fmt: skip
     if "mucs" in c.runs:
         scores = io.load(c.runs["mucs"][0]["attribute"]["mucs"] / "scores.pt")
-        figures.trajectories(scores["trajectories"], None, out / "fig_mucs_trajectories.png")
+        stop = c.runs["mucs"][0]["method_cfg"].get("stop_ratio", 0.95)
+        figures.trajectories(
+            scores["trajectories"], scores.get("loss_null"), out / "fig_mucs_trajectories.png", stop
+        )
     top_k_figures(c, out)
 
 
@@ -450,7 +529,12 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
         scores = io.load(run["attribute"][c.method[lb]] / "scores.pt")["scores"][:n_items]
         top = top_k_indices(scores, n_top, run["seed"])
         rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
-        save_grid(rows, out / f"fig_top_k_{lb.replace('/', '-')}.png")
+        captions = [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top]
+        save_grid(
+            rows, out / f"fig_top_k_{lb.replace('/', '-')}.png",
+            [f"item {i}" for i in range(len(items))], captions,
+            title=f"{lb} (seed {run['seed']}): generated items, their top-{n_top} training items",
+        )  # fmt: skip
 
 
 def report_comparisons(
@@ -470,18 +554,24 @@ def report_comparisons(
 
 def log_report_wandb(name: str, key: str, out: Path) -> None:
     """The report's tables (wandb.Table) and figures (wandb.Image) in one W&B run."""
-    import csv as csv_module
-
     import wandb
 
+    os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(
-        project="mucs_pipeline", group=name, job_type="report", name=f"{name}-{key}-report",
-        dir=str(out), reinit="finish_previous",
-    )  # fmt: skip
-    for path in sorted(out.glob("*.csv")):
-        with open(path) as f:
-            rows = list(csv_module.reader(f))
-        run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
+        project="mucs_pipeline",
+        group=f"{name}-{key[:8]}",  # the group of the comparison's stage runs
+        job_type="report",
+        name=f"{name}-report-{key[:8]}",
+        tags=[f"name:{name}", "stage:report"],
+        config={"name": name, "comparison_key": key},
+        mode=os.environ.get("WANDB_MODE", "offline"),  # as logger=wandb: `--sync` uploads
+        dir=str(out),
+        reinit="finish_previous",
+    )
+    for path in sorted(out.glob("*.json")):
+        table = json.loads(path.read_text())
+        if isinstance(table, dict) and "columns" in table:  # a table (value, _ci, _p columns)
+            run.log({path.stem: wandb.Table(columns=table["columns"], data=table["data"])})
     for path in sorted(out.glob("fig_*.png")):
         run.log({path.stem: wandb.Image(str(path))})
     run.finish()
@@ -492,11 +582,26 @@ def main() -> None:
     parser.add_argument("runs_dir", type=Path, help="a runs folder (paths.runs_dir) or part of it")
     parser.add_argument("--alpha", type=float, default=0.01, help="significance level")
     parser.add_argument("--wandb", action="store_true", help="also log tables and figures to W&B")
+    parser.add_argument(
+        "--sync", action="store_true",
+        help="upload every offline W&B run under runs_dir not yet synced (`wandb sync`); "
+        "alone it only syncs, with --wandb it syncs after logging the report",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true", help="with --sync: list the runs, upload nothing"
+    )
     args = parser.parse_args()
+    from mucs_pipeline import tracking
+
+    if args.sync and not args.wandb:
+        tracking.sync(args.runs_dir, args.dry_run)
+        return
     with one_line_errors():  # a damaged artifact is one line naming it
         runs = read_runs(args.runs_dir)  # read once: a run that cannot be used is named once
         report(args.runs_dir, args.alpha, runs)
         report_comparisons(args.runs_dir, args.alpha, args.wandb, runs)
+    if args.sync:
+        tracking.sync(args.runs_dir, args.dry_run)
 
 
 if __name__ == "__main__":

@@ -235,12 +235,14 @@ def make_trainer(
     max_steps: int,
     job_type: str | None = None,
     distributed: bool = True,
+    method: str | None = None,
     **kwargs,
 ) -> L.Trainer:
     """A Lightning Trainer from the trainer group; checkpoints go to `folder`/checkpoints.
 
     With a folder, metrics go to `folder`/logs/metrics.csv and, with logger=wandb, to a W&B
-    run of job type `job_type` grouped by experiment name (offline unless configured).
+    run of job type `job_type` (the stage) for `method`'s unit, named, tagged and grouped
+    by comparison as mucs_pipeline.tracking says (offline unless configured).
     """
     callbacks = list(kwargs.pop("callbacks", []))
     logger: bool | list = False
@@ -262,15 +264,17 @@ def make_trainer(
         if cfg.logger.name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
+            from mucs_pipeline import tracking
+            from mucs_pipeline.layout import Layout
+
+            tracking.quiet(cfg)
+            run = tracking.identity(cfg, Layout(cfg), job_type, method, folder)
             logger.append(
                 WandbLogger(
-                    project=cfg.logger.project,
-                    group=cfg.name,
-                    job_type=job_type,
-                    name=f"{cfg.name}-seed{cfg.seed}-{job_type}-{folder.name}",
+                    **run,
                     save_dir=str(folder),
                     offline=cfg.logger.mode == "offline",
-                    config={"stage": job_type, "seed": cfg.seed},
+                    settings=tracking.settings(cfg),
                 )
             )
     return L.Trainer(
@@ -297,6 +301,7 @@ def train(
     steps: int,
     weights: torch.Tensor | None = None,
     job_type: str = "pretrain",
+    method: str | None = None,
 ) -> torch.nn.Module:
     """Train `steps` updates from the run's init (resuming a checkpoint); return the EMA net.
 
@@ -318,7 +323,7 @@ def train(
             "callbacks": [EarlyStopping("val/loss", patience=tc.patience, mode="min")],
         }
     module = DiffusionTraining(net, diffusion, data, tc, cfg.seed, weights, val_data, best)
-    trainer = make_trainer(cfg, folder, steps, job_type=job_type, **extra)
+    trainer = make_trainer(cfg, folder, steps, job_type=job_type, method=method, **extra)
     last = folder / "checkpoints" / "last.ckpt"
     resume = io.resumable(last, cfg.get("strict", False))  # a damaged one restarts training
     if resume:

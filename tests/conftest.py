@@ -212,3 +212,64 @@ def write_coco(root, split, n_images, captions_per_image=2):
     (root / "annotations" / f"captions_{split}.json").write_text(
         json.dumps({"images": images, "annotations": annotations})
     )
+
+
+def read_wandb_run(folder: Path) -> dict:
+    """What an offline W&B run folder holds, read back from its `run-*.wandb` event log:
+    {name, group, job_type, tags, config, history (rows), summary, tables, images}.
+
+    The log is a LevelDB-style record log (a 7-byte ':W&B' header, then 32 KiB blocks of
+    records with a 7-byte header: CRC32, length, type full/first/middle/last), each record
+    a wandb.proto Record.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = folder.glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B event log"
+    block, pos, buf = 32768, 7, b""
+    out = {"config": {}, "history": [], "summary": {}, "tags": []}
+
+    def nested(items) -> dict:
+        row = {}
+        for item in items:
+            key = "/".join(item.nested_key) if item.nested_key else item.key
+            row[key] = json.loads(item.value_json)
+        return row
+
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # zero padding to the block's end
+            pos += left
+            continue
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind not in (1, 4):  # first or middle part of a record
+            continue
+        record = pb.Record()
+        record.ParseFromString(buf)
+        buf = b""
+        kind_name = record.WhichOneof("record_type")
+        if kind_name == "run":
+            run = record.run
+            out.update(name=run.display_name, group=run.run_group, job_type=run.job_type)
+            out["tags"] = list(run.tags)
+            out["config"].update({u.key: json.loads(u.value_json) for u in run.config.update})
+        elif kind_name == "config":
+            out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
+        elif kind_name == "history":
+            out["history"].append(nested(record.history.item))
+        elif kind_name == "summary":
+            out["summary"].update(nested(record.summary.update))
+    out["tables"] = {
+        p.name.rsplit("_", 2)[0]: json.loads(p.read_text())
+        for p in folder.glob("files/media/table/*.table.json")
+    }
+    out["images"] = {p.name.rsplit("_", 2)[0] for p in folder.glob("files/media/images/*.png")}
+    return out

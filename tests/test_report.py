@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_cfg
+from conftest import make_cfg, read_wandb_run
 
 from mucs_pipeline import pipeline
 from mucs_pipeline.report import find_comparisons, report_comparisons
@@ -106,9 +106,19 @@ def test_offline_wandb_runs_hold_the_tables_and_images(runs, monkeypatch):
     (out,) = [p for p in report_comparisons(runs) if (p / "table3_ensembles.csv").exists()]
     log_report_wandb("digits", "test", out)
     (report_run,) = list((out / "wandb").glob("offline-run-*"))
-    files = {p.name for p in report_run.rglob("*") if p.is_file()}
-    assert any(f.startswith("table1_auc") and f.endswith(".table.json") for f in files)
-    assert any(f.startswith("fig_roc_ssim") and f.endswith(".png") for f in files)
+    logged = read_wandb_run(report_run)
+    assert "fig_roc_ssim" in logged["images"] and "fig_regenerations" in logged["images"]
+    # Numbers in their own columns (value, CI, p), so that W&B sorts and plots them.
+    auc = logged["tables"]["table1_auc"]
+    assert {"ssim", "ssim_p", "neg_mse", "mean"} <= set(auc["columns"])
+    for row in auc["data"]:
+        cells = dict(zip(auc["columns"], row, strict=True))
+        assert 0 <= cells["ssim"] <= 1 and 0 <= cells["ssim_p"] <= 1
+    diff = logged["tables"]["table5_difference"]
+    assert {"ssim", "ssim_ci"} <= set(diff["columns"])
+    assert all(isinstance(v, float) for row in diff["data"] for v in row[3:])
+    time = logged["tables"]["table6_time"]
+    assert "seconds per item_ci" in time["columns"]
 
 
 def test_training_stages_log_to_an_offline_wandb_run(tmp_path, monkeypatch):

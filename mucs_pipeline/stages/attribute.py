@@ -75,6 +75,7 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         out["steps"] = torch.tensor([r["steps"] for r in results])
         out["hit_max_steps"] = torch.tensor([r["hit_max_steps"] for r in results])
         out["trajectories"] = [r["trajectory"] for r in results]
+        out["loss_null"] = ctx.loss_null  # the trajectories' reference line
     io.atomic_save(out, folder / "scores.pt")
     metrics = {
         "seconds_per_item": out["seconds"].mean().item(),
@@ -84,7 +85,65 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     if "steps" in out:
         metrics["unlearn_steps_mean"] = out["steps"].float().mean().item()
         metrics["hit_max_steps"] = int(out["hit_max_steps"].sum())
+    figures(cfg, layout.method_cfg(method), data, items, out, folder)
+    log_wandb(cfg, layout, method, items, out, metrics, folder)
     return metrics
+
+
+def figures(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out: dict, folder):
+    """top_k.png (each generated item next to its most influential training items) and,
+    for MUCS, trajectories.png (unlearning losses against L_null and the stop line)."""
+    from mucs_pipeline.evaluation import figures as fig
+    from mucs_pipeline.stages.retrain import top_k_indices
+
+    n_items, n_top = min(8, len(items["images"])), min(8, out["scores"].shape[1])
+    top = top_k_indices(out["scores"][:n_items], n_top, cfg.seed)
+    fig.save_grid(
+        [torch.cat([items["images"][i : i + 1], data.x[top[i]]]) for i in range(n_items)],
+        folder / "top_k.png",
+        [f"item {i}" for i in range(n_items)],
+        [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
+        title=f"{method_cfg.name}: each generated item and its top-{n_top} training items",
+    )  # fmt: skip
+    if "trajectories" in out:
+        fig.trajectories(
+            out["trajectories"], out["loss_null"], folder / "trajectories.png",
+            method_cfg.get("stop_ratio", 0.95),
+        )  # fmt: skip
+
+
+def log_wandb(cfg, layout: Layout, method: str, items: dict, out: dict, metrics: dict, folder):
+    """The attribute unit's W&B run: per-item unlearning curves (x = unlearning step), steps,
+    cap hits and seconds as a table, the top-k grid and the trajectories figure."""
+    from mucs_pipeline import tracking
+
+    run = tracking.init(cfg, layout, "attribute", method, folder)
+    if run is None:
+        return
+    import wandb
+
+    run.summary.update(metrics)
+    columns = ["item", "seed", "seconds"]
+    data = [
+        [i, int(items["seeds"][i]), float(out["seconds"][i])] for i in range(len(out["seconds"]))
+    ]
+    if "trajectories" in out:
+        loss_null = out["loss_null"]
+        run.summary["loss_null"] = loss_null
+        run.define_metric("unlearn/step")
+        run.define_metric("unlearn/*", step_metric="unlearn/step")
+        for i, curve in enumerate(out["trajectories"]):
+            for step, (l_ft, l_ga) in enumerate(curve.tolist()):
+                run.log({"unlearn/step": step, f"unlearn/item{i}/L_FT": l_ft,
+                         f"unlearn/item{i}/L_GA": l_ga, "unlearn/L_null": loss_null})  # fmt: skip
+        columns += ["steps", "hit_max_steps", "final_L_GA", "final_L_GA / L_null"]
+        for i, row in enumerate(data):
+            final = float(out["trajectories"][i][-1, 1])
+            row += [int(out["steps"][i]), bool(out["hit_max_steps"][i]), final, final / loss_null]
+        run.log({"trajectories": wandb.Image(str(folder / "trajectories.png"))})
+    run.log({"items": wandb.Table(columns=columns, data=data)})
+    run.log({"top_k": wandb.Image(str(folder / "top_k.png"))})
+    run.finish()
 
 
 def run(cfg: DictConfig, layout: Layout) -> dict:

@@ -137,33 +137,43 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
     }
     io.atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2))
-    grid = [original["target"]["images"]] + [regen[m]["target"]["images"] for m in layout.methods]
-    save_grid(grid, folder / "regenerations.png")
+    regenerations_figure(original, regen, sims["target"], names[0], folder / "regenerations.png")
     for metric in names:
         similarity_distributions(
             sims["target"], BASELINE, metric, folder / f"similarity_{metric}.png"
         )
-    log_wandb(cfg, rows, folder)
+    log_wandb(cfg, layout, rows, folder)
     return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
 
 
-def log_wandb(cfg: DictConfig, rows: list[dict], folder: Path) -> None:
-    """One W&B run for the evaluate stage, offline unless configured otherwise."""
-    if cfg.logger.name != "wandb":
+def regenerations_figure(original: dict, regen: dict, sims: dict, metric: str, path: Path):
+    """Rows original, the method, random (same seeds); captions: item id and similarity."""
+    methods = list(regen)
+    n = len(original["target"]["images"])
+    captions = [[f"item {i}" for i in range(n)]]
+    captions += [[f"{metric} {v:.3f}" for v in sims[m][metric].tolist()] for m in methods]
+    save_grid(
+        [original["target"]["images"]] + [regen[m]["target"]["images"] for m in methods],
+        path,
+        ["original", *[f"after removing\n{m}'s top-k" for m in methods]],
+        captions,
+        title=f"Regenerated with the same seeds after each removal ({metric} to the original)",
+    )
+
+
+def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], folder: Path) -> None:
+    """The evaluate stage's W&B run: AUCs and p as summary numbers, the results table
+    (numeric columns), the regenerations and the similarity histograms."""
+    from mucs_pipeline import tracking
+
+    run = tracking.init(cfg, layout, "evaluate", cfg.method.name, folder)
+    if run is None:
         return
     import wandb
 
-    run = wandb.init(
-        project=cfg.logger.project,
-        group=cfg.name,
-        job_type="evaluate",
-        name=f"{cfg.name}-seed{cfg.seed}-{cfg.method.name}",
-        mode=cfg.logger.mode,
-        dir=str(folder),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        reinit="finish_previous",
-    )
-    run.log({f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")})
+    for r in rows:
+        for k in ("auc", "p_value", "diff_pct", "diff_ci"):
+            run.summary[f"{r['subset']}/{r['metric']}/{k}"] = r[k]
     run.log({"results": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])})
     run.log({"regenerations": wandb.Image(str(folder / "regenerations.png"))})
     for path in sorted(folder.glob("similarity_*.png")):

@@ -36,7 +36,16 @@ def run(cfg: DictConfig, layout: Layout) -> dict:
         net = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")
         items = generate_items(cfg, net, data)
         io.atomic_save(items, folder / "items.pt")
-        save_grid([items["target"]["images"]], folder / "items.png")
+        target = items["target"]
+        labels = target.get("labels")
+        captions = [
+            f"item {i}" + ("" if labels is None else f", class {int(labels[i])}")
+            for i in range(len(target["seeds"]))
+        ]
+        save_grid(
+            [target["images"]], folder / "items.png", ["generated"], [captions],
+            title=f"the {len(captions)} attributed items (seed {cfg.seed})",
+        )  # fmt: skip
         return {
             "num_items": len(items["target"]["seeds"]),
             "num_controls": len(items["control"]["seeds"]),

@@ -47,12 +47,12 @@ def retrain(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         # Replay pretraining's random stream; removed items get zero loss weight.
         net = train(
             cfg, data, common.diffusion(cfg), folder, cfg.retrain.steps, weights=keep.float(),
-            job_type="retrain",
+            job_type="retrain", method=method,
         )  # fmt: skip
     else:
         net = train(
             cfg, data.subset(keep), common.diffusion(cfg), folder, cfg.retrain.steps,
-            job_type="retrain",
+            job_type="retrain", method=method,
         )  # fmt: skip
     io.atomic_save(removed, folder / "removed.pt")
     io.atomic_save(net.state_dict(), folder / "ema.pt")

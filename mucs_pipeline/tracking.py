@@ -1,0 +1,136 @@
+"""W&B runs as a researcher filters them: one per stage unit, named, tagged and grouped.
+
+Every run carries the full resolved config; its name says the stage, method, ablation,
+lambda and seed; its tags say dataset, method, ablation, seed, sweep and experiment; its
+group is the comparison (the runs that differ only in method and seed); its job type is
+the stage. Runs are offline by default and `python -m mucs_pipeline.report RUNS --sync`
+uploads them all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Hydra's group choices of this job (experiment, sweep, ...), set by the command line.
+_CHOICES: dict[str, str] = {}
+_SWEEP: str | None = None  # the multirun's folder name, when this job is part of one
+
+
+def set_job(choices: dict[str, Any], sweep: str | None = None) -> None:
+    """Record the command line's group choices and multirun, for tags."""
+    global _SWEEP
+    _CHOICES.clear()
+    _CHOICES.update({k: str(v) for k, v in choices.items() if v is not None})
+    _SWEEP = sweep
+
+
+def enabled(cfg: DictConfig) -> bool:
+    return cfg.logger.name == "wandb"
+
+
+def quiet(cfg: DictConfig) -> None:
+    """W&B's banners off unless `logger.verbose`: they are most of a run's terminal lines."""
+    if enabled(cfg) and not cfg.logger.get("verbose", False):
+        os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def method_label(cfg: DictConfig, method: str | None) -> str | None:
+    """The method as the name shows it: `mucs-u_c1_lam01-lam0.1`, `pixel`, `random`."""
+    if method is None:
+        return None
+    parts = [method]
+    if method == cfg.method.name:
+        if cfg.get("ablation"):
+            parts.append(cfg.ablation.name)
+        if "lam" in cfg.method:
+            parts.append(f"lam{cfg.method.lam:g}")
+    return "-".join(parts)
+
+
+def tags(cfg: DictConfig, stage: str, method: str | None) -> list[str]:
+    """`key:value` tags to filter by: dataset, method, ablation, seed, sweep, experiment."""
+    out = [f"dataset:{cfg.dataset.name}", f"seed:{cfg.seed}", f"stage:{stage}"]
+    shown = method or cfg.method.name  # a shared stage belongs to the job's method
+    out.append(f"method:{shown}")
+    if cfg.get("ablation") and shown == cfg.method.name:
+        out.append(f"ablation:{cfg.ablation.name}")
+    if "lam" in cfg.method and shown == cfg.method.name:
+        out.append(f"lam:{cfg.method.lam:g}")
+    for group in ("experiment", "sweep"):
+        if group in _CHOICES:
+            out.append(f"{group}:{_CHOICES[group]}")
+    if _SWEEP and "sweep" not in _CHOICES:
+        out.append(f"sweep:{_SWEEP}")
+    out += [str(t) for t in cfg.logger.get("tags") or []]
+    return [t[:64] for t in out]  # W&B's limit
+
+
+def identity(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path) -> dict:
+    """wandb.init's name, group, job type, tags and config for one stage unit."""
+    label = method_label(cfg, method)
+    key = folder.name.rsplit("-", 1)[-1][:6]  # unique per unit config, short enough to read
+    name = "-".join(p for p in (cfg.name, stage, label, f"seed{cfg.seed}", key) if p)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["unit"] = {"stage": stage, "method": method, "folder": layout.relative(folder)}
+    config["choices"] = dict(_CHOICES)
+    return {
+        "project": cfg.logger.project,
+        "name": name,
+        "group": f"{cfg.name}-{layout.comparison_key()[:8]}",
+        "job_type": stage,
+        "tags": tags(cfg, stage, method),
+        "config": config,
+    }
+
+
+def settings(cfg: DictConfig):
+    import wandb
+
+    return wandb.Settings(silent=not cfg.logger.get("verbose", False))
+
+
+def init(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path):
+    """A W&B run for one stage unit (offline unless `logger.mode`), or None without W&B."""
+    if not enabled(cfg):
+        return None
+    import wandb
+
+    quiet(cfg)
+    return wandb.init(
+        **identity(cfg, layout, stage, method, folder),
+        mode=cfg.logger.mode,
+        dir=str(folder),
+        reinit="finish_previous",
+        settings=settings(cfg),
+    )
+
+
+def offline_runs(root: Path, include_synced: bool = False) -> list[Path]:
+    """Every offline W&B run folder under root, not yet synced unless `include_synced`."""
+    runs = []
+    for folder in sorted(root.rglob("offline-run-*")):
+        logs = list(folder.glob("run-*.wandb"))
+        if not folder.is_dir() or not logs:
+            continue
+        synced = all(p.with_name(p.name + ".synced").exists() for p in logs)
+        if include_synced or not synced:
+            runs.append(folder)
+    return runs
+
+
+def sync(root: Path, dry_run: bool = False) -> list[Path]:
+    """Upload every offline run under root that is not synced yet (`wandb sync`)."""
+    runs = offline_runs(root)
+    print(f"{len(runs)} offline W&B run(s) to sync under {root}")
+    for folder in runs:
+        print(f"  {folder}")
+    if runs and not dry_run:
+        wandb_cli = [sys.executable, "-m", "wandb", "sync"]
+        subprocess.run([*wandb_cli, *map(str, runs)], check=True)
+    return runs

@@ -26,7 +26,12 @@ def app(cfg: DictConfig) -> dict:
         hydra_cfg.runtime.choices, Path(hydra_cfg.sweep.dir).name if multirun else None
     )
     with one_line_errors():
-        return run(cfg)
+        metrics = run(cfg)
+    if multirun and "evaluate" in metrics:  # for the multirun's combined table (cli.py)
+        from mucs_pipeline.cli import write_job_summary
+
+        write_job_summary(cfg, hydra_cfg, metrics["evaluate"])
+    return metrics
 
 
 def main() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 
 import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import distributed as dist
+from mucs_pipeline import terminal, tracking
 from mucs_pipeline.layout import STAGES, Layout
 from mucs_pipeline.validate import check_training_set, validate
 
@@ -16,7 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
     validate(cfg)  # before anything is computed or written; ConfigError lists the problems
+    terminal.warnings_once()
+    tracking.quiet(cfg)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     import lightning  # noqa: F401  (imported first: it sets its loggers to INFO on import)
@@ -49,4 +54,6 @@ def run(cfg: DictConfig) -> dict:
             f"\nLeave-k-out results, {cfg.method.name} vs random removal "
             f"({layout.dir('evaluate')}/results.csv):\n{read_results(layout)}"
         )
+    if dist.is_main():
+        print(f"done in {terminal.duration(time.perf_counter() - start)} ({layout.root})")
     return metrics

@@ -27,6 +27,7 @@ from mucs_pipeline import rng
 from mucs_pipeline.checkpoints import ArtifactCheckpointIO
 from mucs_pipeline.data import ImageData, build_dataset
 from mucs_pipeline.models import Diffusion, build_model
+from mucs_pipeline.terminal import is_terminal, line_progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,8 @@ def make_trainer(
     """
     callbacks = list(kwargs.pop("callbacks", []))
     logger: bool | list = False
+    if folder is not None and cfg.trainer.progress_bar and not is_terminal():
+        callbacks.append(line_progress_callback(f"{job_type} {method or ''}".strip()))
     if folder is not None:
         from lightning.pytorch.callbacks import ModelCheckpoint
         from lightning.pytorch.loggers import CSVLogger
@@ -269,14 +272,15 @@ def make_trainer(
 
             tracking.quiet(cfg)
             run = tracking.identity(cfg, Layout(cfg), job_type, method, folder)
-            logger.append(
-                WandbLogger(
-                    **run,
-                    save_dir=str(folder),
-                    offline=cfg.logger.mode == "offline",
-                    settings=tracking.settings(cfg),
-                )
+            wandb_logger = WandbLogger(
+                **run,
+                save_dir=str(folder),
+                offline=cfg.logger.mode == "offline",
+                settings=tracking.settings(cfg),
             )
+            # Lightning passes anonymous=None, for which wandb warns that it has no effect.
+            wandb_logger._wandb_init.pop("anonymous", None)
+            logger.append(wandb_logger)
     return L.Trainer(
         **placement(cfg.trainer, distributed),
         precision=cfg.trainer.precision,
@@ -288,7 +292,8 @@ def make_trainer(
         enable_checkpointing=folder is not None,
         enable_model_summary=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=cfg.trainer.progress_bar,
+        # Bars on a terminal; in a log file plain lines (pretrain, retrain) or nothing.
+        enable_progress_bar=cfg.trainer.progress_bar and is_terminal(),
         **kwargs,
     )
 

@@ -17,6 +17,7 @@ from mucs_pipeline import distributed as dist
 from mucs_pipeline import rng
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
+from mucs_pipeline.terminal import is_terminal
 from mucs_pipeline.training import NonFiniteLossError, placement
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def loss_matrix(
     loader = DataLoader(torch.arange(len(data)), batch_size=per)
     trainer = L.Trainer(
         **placement(tc), logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=bool(tc.get("progress_bar", False)),
+        enable_progress_bar=bool(tc.get("progress_bar", False)) and is_terminal(),
     )  # fmt: skip
     module = LossGrid(
         nets, diffusion, data, bank, bf16, fresh_noise, bool(tc.get("compile_scoring", False)),

@@ -150,8 +150,8 @@ def unlearn(
         trainer.fit(module)
     # Optimizer steps: a batch each, but the one that met the rule in the release's order.
     steps = len(module.trajectory) - int(module.met_stop_rule and cfg.stop_before_step)
-    if cfg.stop_rule and not module.met_stop_rule:
-        log.warning(
+    if cfg.stop_rule and not module.met_stop_rule:  # the attribute stage warns once, counting
+        log.debug(
             "unlearning item %s hit method.max_steps=%d before L_GA >= %.2f * L_null "
             "(last L_GA %.4f, L_null %.4f)",
             stream,

@@ -7,13 +7,13 @@ import time
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution import Context, build_method
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common, null_loss
+from mucs_pipeline.terminal import Progress
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         scorer.prepare(items["images"], items["cond"])
     setup_seconds = time.perf_counter() - setup_start  # caches shared by all items, prepare()
     k = scorer.items_per_pass
-    bar = tqdm(total=len(todo), desc=f"attribute {method}")
+    bar = Progress(len(todo), f"attribute {method}", cfg.trainer.progress_bar)
     for group in [todo[g : g + k] for g in range(0, len(todo), k)]:
         conds = [None if items["cond"] is None else items["cond"][i : i + 1] for i in group]
         start = time.perf_counter()
@@ -85,6 +85,13 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     if "steps" in out:
         metrics["unlearn_steps_mean"] = out["steps"].float().mean().item()
         metrics["hit_max_steps"] = int(out["hit_max_steps"].sum())
+        if metrics["hit_max_steps"]:  # one line for the unit, not one per item
+            mc = layout.method_cfg(method)
+            log.warning(
+                "%s: %d of %d items hit method.max_steps=%d before L_GA >= %g * L_null "
+                "(recorded as hit_max_steps; see trajectories.png)",
+                method, metrics["hit_max_steps"], m, mc.max_steps, mc.stop_ratio,
+            )  # fmt: skip
     figures(cfg, layout.method_cfg(method), data, items, out, folder)
     log_wandb(cfg, layout, method, items, out, metrics, folder)
     return metrics

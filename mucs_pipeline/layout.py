@@ -114,6 +114,22 @@ STAGES = [stage.name for stage in GRAPH]
 _GRAPH = {stage.name: stage for stage in GRAPH}
 
 
+def with_method_settings(method_cfg: DictConfig, settings) -> DictConfig:
+    """`method_cfg` with `method_settings` applied to the keys it has (others ignored)."""
+    present = {k: v for k, v in (settings or {}).items() if k in method_cfg}
+    if not present:
+        return method_cfg
+    return OmegaConf.merge(method_cfg, present)
+
+
+def apply_method_settings(cfg: DictConfig) -> None:
+    """Set `cfg.method`'s keys from `method_settings` (a run's first step)."""
+    settings = cfg.get("method_settings") or {}
+    for key, value in settings.items():
+        if key in cfg.method:
+            cfg.method[key] = value
+
+
 class MissingArtifactError(io.ArtifactError):
     """A stage needs an upstream artifact that no finished unit holds."""
 
@@ -194,7 +210,8 @@ class Layout:
 
     def method_cfg(self, method: str) -> DictConfig:
         """The config of `method`: the selected one, or the defaults of its file in
-        conf/method/ (random, an ensemble's components), with an ensemble's `overrides`."""
+        conf/method/ (random, an ensemble's components), with `method_settings` and an
+        ensemble's `overrides`."""
         if method == self.cfg.method.name:
             return self.cfg.method
         path = conf_dir() / "method" / f"{method}.yaml"
@@ -202,6 +219,7 @@ class Layout:
             raise ValueError(f"method {method!r}: no config file {path}")
         defaults = OmegaConf.load(path)
         overrides = self.cfg.method.get("overrides") or {}
+        defaults = with_method_settings(defaults, self.cfg.get("method_settings"))
         if method in overrides:
             defaults = OmegaConf.merge(defaults, overrides[method])
         # Resolved against the run config, for interpolations such as ${paths.weights_dir}.

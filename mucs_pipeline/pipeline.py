@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import terminal, tracking
-from mucs_pipeline.layout import STAGES, Layout
+from mucs_pipeline.layout import STAGES, Layout, apply_method_settings
 from mucs_pipeline.validate import check_training_set, validate
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
+    apply_method_settings(cfg)  # method_settings: each method takes the keys it has
     validate(cfg)  # before anything is computed or written; ConfigError lists the problems
     terminal.warnings_once()
     tracking.quiet(cfg)

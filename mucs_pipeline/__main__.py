@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import conf_dir
 from mucs_pipeline.cli import one_line_errors
+
+
+def _log_dir(plan: bool, folder: str) -> str:
+    """Hydra's log folder: under the runs folder, or for plan=true (which writes nothing
+    there) the temporary folder."""
+    return str(Path(tempfile.gettempdir()) / "mucs_pipeline-plan") if plan else folder
+
+
+OmegaConf.register_new_resolver("log_dir", _log_dir, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")

@@ -39,9 +39,12 @@ def run(cfg: DictConfig) -> dict:
     if cfg.plan:
         from mucs_pipeline import plan
 
-        rows = plan.units(cfg, layout, len(data), data.cond is not None)
-        print(f"Plan for {layout.root} (plan=true: nothing is computed):\n{plan.render(rows)}")
-        return {"plan": rows}
+        rate = plan.measure(cfg, data)  # a few timed batches of the configured network
+        rows = plan.units(cfg, layout, len(data), data.cond is not None, rate)
+        print(
+            f"Plan for {layout.root} (plan=true: nothing is computed):\n{plan.render(rows, rate)}"
+        )
+        return {"plan": rows, "rate": rate}
     log.info("run folder %s (methods: %s)", layout.root, ", ".join(layout.methods))
     metrics = {}
     for stage in STAGES:

@@ -1,13 +1,18 @@
 """`plan=true`: which stage units a run would compute, resume or skip, and what they cost.
 
-Costs are counted, not timed: per-sample network forwards (a batch of b counts b) and
-optimizer steps, from the config alone. They are upper bounds where a stop rule may end
-a loop early (MUCS unlearning) and count the diffusion network only (an encoder forward
-of CLIP/DINO counts one).
+Costs are counted from the config: per-sample network forwards (a batch of b counts b)
+and optimizer steps. They are upper bounds where a stop rule may end a loop early (MUCS
+unlearning) and count the diffusion network only (an encoder forward of CLIP/DINO counts
+one). Times are those counts multiplied by a few timed batches of the configured network
+on this machine's device: seconds per sample of a forward and of a training step
+(forward, backward, update). Resumed units count in full.
 """
 
 from __future__ import annotations
 
+import time
+
+import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline.layout import STAGES, Layout
@@ -42,6 +47,73 @@ def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int]:
     return 0, 0  # random, pixel, condition, ensemble (its components are their own units)
 
 
+def training_forwards(method: DictConfig, n: int, m: int) -> int:
+    """The part of attribution_cost's forwards that also runs a backward pass."""
+    kind = method.get("kind", method.name)
+    if kind == "mucs":
+        return m * method.max_steps * (method.batch_size + method.ga_draws)
+    if kind in ("dtrak", "das"):  # per-sample gradients
+        return (n + m) * method.num_noises
+    if kind == "forward_inf":
+        return m * method.steps * method.ga_draws
+    if kind == "abu":
+        return n * method.fisher_epochs + m * method.steps * method.ga_draws
+    return 0
+
+
+def measure(cfg: DictConfig, data) -> dict[str, float]:
+    """Seconds per sample of the configured network on this machine's device: a forward
+    (`forward`) and a training step (`train`: forward, backward, AdamW update)."""
+    from mucs_pipeline.stages import common
+    from mucs_pipeline.training import init_model
+
+    device = common.device(cfg)
+    net = init_model(cfg, data, cfg.seed).to(device)
+    diffusion = common.diffusion(cfg)
+    b = min(cfg.pretrain.batch_size, 32, len(data))
+    gen = torch.Generator().manual_seed(0)
+    x = data.x[:b].to(device)
+    cond = None if data.cond is None else data.cond[:b].to(device)
+    sigma = diffusion.training_sigma(b, gen).to(device)
+    noise = torch.randn(x.shape, generator=gen).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-12)
+
+    def timed(fn, reps: int = 5) -> float:
+        """The fastest of `reps` calls, per sample: other jobs only ever slow a call down."""
+        fn(), fn()  # warm-up: allocation, kernels, lazy initialisation
+        best = float("inf")
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        return best / b
+
+    def forward() -> None:
+        with torch.no_grad():
+            diffusion.loss(net, x, cond, sigma, noise)
+
+    def train_step() -> None:
+        opt.zero_grad()
+        diffusion.loss(net, x, cond, sigma, noise).mean().backward()
+        opt.step()
+
+    return {"forward": timed(forward), "train": timed(train_step)}
+
+
+def unit_seconds(row: dict, method_cfg: DictConfig | None, n: int, m: int, rate: dict) -> float:
+    """Seconds a unit takes at the measured rates (an upper bound where its count is one)."""
+    if row["stage"] in ("pretrain", "retrain"):
+        return row["forwards"] * rate["train"]
+    if row["stage"] == "attribute" and method_cfg is not None:
+        train = training_forwards(method_cfg, n, m)
+        return train * rate["train"] + (row["forwards"] - train) * rate["forward"]
+    return row["forwards"] * rate["forward"]
+
+
 def unit_cost(
     cfg: DictConfig, layout: Layout, stage: str, method: str | None, n: int, conditional: bool
 ) -> tuple[int, int]:
@@ -59,8 +131,11 @@ def unit_cost(
     return 0, 0  # evaluate: similarity metrics only
 
 
-def units(cfg: DictConfig, layout: Layout, n: int, conditional: bool) -> list[dict]:
-    """The stage units of this run in execution order, with their state and cost."""
+def units(
+    cfg: DictConfig, layout: Layout, n: int, conditional: bool, rate: dict | None = None
+) -> list[dict]:
+    """The stage units of this run in execution order, with their state and cost; with
+    `rate` (from `measure`), also the seconds each takes on this machine."""
     rows = []
     for stage in STAGES:
         if stage not in cfg.stages:
@@ -71,17 +146,27 @@ def units(cfg: DictConfig, layout: Layout, n: int, conditional: bool) -> list[di
                 {"stage": stage, "method": method or "", "state": layout.state(stage, method),
                  "forwards": forwards, "steps": steps, "folder": str(layout.dir(stage, method))}
             )  # fmt: skip
+            if rate is not None:
+                method_cfg = layout.method_cfg(method) if stage == "attribute" else None
+                m = cfg.generate.num_items
+                rows[-1]["seconds"] = unit_seconds(rows[-1], method_cfg, n, m, rate)
     return rows
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], rate: dict | None = None) -> str:
+    from mucs_pipeline.terminal import duration
+
+    timed = all("seconds" in r for r in rows)
     lines = [
-        f"{'stage':<11} {'method':<12} {'state':<7} {'forwards':>14} {'opt. steps':>11}  folder"
+        f"{'stage':<11} {'method':<12} {'state':<7} {'forwards':>14} {'opt. steps':>11}"
+        + (f" {'time':>14}" if timed else "")
+        + "  folder"
     ]
     for r in rows:
+        time_cell = f" {duration(r['seconds']):>14}" if timed else ""
         lines.append(
             f"{r['stage']:<11} {r['method']:<12} {r['state']:<7} {r['forwards']:>14,} "
-            f"{r['steps']:>11,}  {r['folder']}"
+            f"{r['steps']:>11,}{time_cell}  {r['folder']}"
         )
     todo = [r for r in rows if r["state"] != "skip"]
     lines.append(
@@ -89,4 +174,11 @@ def render(rows: list[dict]) -> str:
         f"{sum(r['forwards'] for r in todo):,} forwards and {sum(r['steps'] for r in todo):,} "
         "optimizer steps (resumed units count in full)"
     )
+    if timed and rate:
+        total = sum(r["seconds"] for r in todo)
+        lines.append(
+            f"about {duration(total)} on this machine (at most, where a stop rule may end "
+            f"early), at {1e3 * rate['forward']:.3g} ms per sample forward and "
+            f"{1e3 * rate['train']:.3g} ms per sample training step, timed just now"
+        )
     return "\n".join(lines)

@@ -3,9 +3,9 @@ a total time, and one combined table at the end of a multirun."""
 
 import re
 
-from conftest import make_cfg, run_cli
+from conftest import make_cfg, read_wandb_run, run_cli
 
-from mucs_pipeline import pipeline, terminal
+from mucs_pipeline import pipeline, terminal, tracking
 
 
 def test_a_multirun_is_quiet_and_ends_with_one_table_of_every_job(tmp_path):
@@ -15,7 +15,7 @@ def test_a_multirun_is_quiet_and_ends_with_one_table_of_every_job(tmp_path):
     assert "wandb:" not in text  # banners, run summaries and sync hints
     assert text.count("LeafSpec") <= 1  # Lightning's deprecation, once per process
     assert "\r" not in text  # not a terminal: no progress bars
-    assert len(re.findall(r"^done in [\d.]+ s", out.stdout, re.M)) == 2  # one per job
+    assert len(re.findall(r"^done in \d", out.stdout, re.M)) == 2  # one per job
     table = out.stdout[out.stdout.index("All 2 jobs of this multirun") :]
     rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 2
@@ -23,6 +23,16 @@ def test_a_multirun_is_quiet_and_ends_with_one_table_of_every_job(tmp_path):
     assert "dataset.subset" not in table  # overrides common to every job are left out
     assert re.search(r"\| 0\.\d{3} \([\d.e-]+\) \|", rows[0])  # AUC (p) per metric
     assert "multirun done in" in table
+    # The jobs' W&B runs: tagged with the multirun, named and tagged by lambda.
+    sweep = re.search(r"multirun/([\w-]+)\)", table).group(1)
+    evaluations = [
+        read_wandb_run(f) for f in tracking.offline_runs(tmp_path) if "/evaluate/" in str(f)
+    ]
+    assert sorted(r["name"].split("-seed")[0] for r in evaluations) == [
+        "digits-evaluate-mucs-lam0.1", "digits-evaluate-mucs-lam0.3"
+    ]  # fmt: skip
+    assert all(f"sweep:{sweep}" in r["tags"] for r in evaluations)
+    assert len({r["group"] for r in evaluations}) == 1  # lambdas compare in one group
 
 
 def test_progress_is_plain_lines_when_output_is_not_a_terminal(tmp_path, caplog, monkeypatch):

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,9 +271,34 @@ def find_comparisons(
         label = info.get("label", info["method"])  # mucs/<ablation> for Table 2 rows
         groups[info["name"], info["comparison_key"]][label].append(info)
     return {
-        k: {m: sorted(runs, key=lambda r: r["seed"]) for m, runs in v.items()}
+        k: {m: sorted(runs, key=lambda r: r["seed"]) for m, runs in _split_settings(v).items()}
         for k, v in groups.items()
     }
+
+
+def _split_settings(by_label: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Runs of one label with other method settings (a lambda sweep) are rows of their own,
+    labelled with the settings that differ, `mucs[lam=0.1]`: only seeds are pooled."""
+    out = {}
+    for label, runs in by_label.items():
+        by_key = defaultdict(list)
+        for r in runs:
+            by_key[r["experiment_key"]].append(r)
+        if len(by_key) == 1:
+            out[label] = runs
+            continue
+        cfgs = [group[0]["method_cfg"] for group in by_key.values()]
+        keys = sorted({k for c in cfgs for k in c})
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1]
+        for group, cfg in zip(by_key.values(), cfgs, strict=True):
+            settings = ",".join(f"{k}={cfg.get(k)}" for k in differ)
+            out[f"{label}[{settings}]"] = group
+    return out
+
+
+def _slug(label: str) -> str:
+    """A label as part of a file name: `mucs[lam=0.1]` -> `mucs-lam-0.1`."""
+    return re.sub(r"[^\w.]+", "-", label).strip("-")
 
 
 def _auc(r: dict) -> Num:
@@ -499,9 +525,12 @@ def comparison_figures(c: Comparison, out: Path) -> None:
         grid, out / "fig_regenerations.png", labels, captions,
         title=f"Seed {first['seed']}: original and regenerated after each method's removal",
     )  # fmt: skip
-    if "mucs" in c.runs:
-        scores = io.load(c.runs["mucs"][0]["attribute"]["mucs"] / "scores.pt")
-        stop = c.runs["mucs"][0]["method_cfg"].get("stop_ratio", 0.95)
+    # Plain MUCS, else its first setting of a sweep (mucs[lam=0.1]); not an ablation.
+    mucs = [lb for lb in c.labels if c.method[lb] == "mucs" and "/" not in lb]
+    if mucs:
+        run = c.runs["mucs" if "mucs" in mucs else mucs[0]][0]
+        scores = io.load(run["attribute"]["mucs"] / "scores.pt")
+        stop = run["method_cfg"].get("stop_ratio", 0.95)
         figures.trajectories(
             scores["trajectories"], scores.get("loss_null"), out / "fig_mucs_trajectories.png", stop
         )
@@ -531,7 +560,7 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
         rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
         captions = [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top]
         save_grid(
-            rows, out / f"fig_top_k_{lb.replace('/', '-')}.png",
+            rows, out / f"fig_top_k_{_slug(lb)}.png",
             [f"item {i}" for i in range(len(items))], captions,
             title=f"{lb} (seed {run['seed']}): generated items, their top-{n_top} training items",
         )  # fmt: skip

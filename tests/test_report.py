@@ -129,3 +129,16 @@ def test_training_stages_log_to_an_offline_wandb_run(tmp_path, monkeypatch):
     pipeline.run(cfg)
     (run_dir,) = list((Layout(cfg).dir("pretrain") / "wandb").glob("offline-run-*"))
     assert any(p.suffix == ".wandb" for p in run_dir.iterdir())  # the run's event log
+
+
+def test_a_lambda_sweep_gives_one_row_per_lambda_not_a_pooled_one(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("report", "wandb"))
+    pipeline.run(make_cfg(copy, "method.lam=0.3"))
+    (by_label,) = [g for g in find_comparisons(copy).values() if "mucs/u_c1_lam01" in g]
+    assert "mucs" not in by_label  # lambda 0.2 (two seeds) and 0.3 (one) are not pooled
+    assert [r["seed"] for r in by_label["mucs[lam=0.2]"]] == [0, 1]
+    assert [r["seed"] for r in by_label["mucs[lam=0.3]"]] == [0]
+    assert "mucs/u_c1_lam01" in by_label  # the ablation keeps its own row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -411,6 +412,10 @@ class Layout:
         log.info("run %s -> %s", what, folder)
         start = time.time()
         metrics = work(folder)
+        # Lightning's trainer and module hold reference cycles, so a finished unit's model,
+        # optimizer state and EMA would live until the next full collection: at DiT/B size
+        # each retrain would add ~3 GB (measured on coco_mucs). Free them now.
+        gc.collect()
         wall = time.time() - start
         if not dist.is_main():
             return None

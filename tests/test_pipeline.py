@@ -249,3 +249,26 @@ def test_ensemble_reuses_the_score_artifacts_of_its_components(tmp_path):
     assert out["setup_seconds"] >= 0 and out["seconds"].shape == (dtrak.shape[0],)
     manifest = json.loads((layout.dir("attribute", "ensemble") / "manifest.json").read_text())
     assert {"attribute[dtrak]", "attribute[pixel]"} <= set(manifest["inputs"])
+
+
+def test_a_finished_unit_leaves_no_network_behind(tmp_path, monkeypatch):
+    """Each unit's networks are freed when it ends, not at some later collection: at
+    DiT/B size every network left behind is gigabytes (OOM over a paper run otherwise)."""
+    import gc
+
+    from mucs_pipeline.models.dit import DiT
+
+    alive, run_locked = {}, Layout._run_locked
+
+    def counted(self, stage, method, what, folder, work):
+        out = run_locked(self, stage, method, what, folder, work)
+        # gc.get_objects() still lists objects in unreachable cycles that wait for collection
+        alive[what] = sum(type(o) is DiT for o in gc.get_objects())
+        return out
+
+    monkeypatch.setattr(Layout, "_run_locked", counted)
+    gc.collect()
+    before = sum(type(o) is DiT for o in gc.get_objects())
+    pipeline.run(make_cfg(tmp_path))
+    assert {"pretrain", "retrain[mucs]", "retrain[random]"} <= set(alive)
+    assert alive == {what: before for what in alive}

@@ -115,20 +115,22 @@ STAGES = [stage.name for stage in GRAPH]
 _GRAPH = {stage.name: stage for stage in GRAPH}
 
 
+def _settings_for(method_cfg: DictConfig, settings) -> dict:
+    """The entries of `method_settings` that `method_cfg` has a key for (others ignored)."""
+    return {k: v for k, v in (settings or {}).items() if k in method_cfg}
+
+
 def with_method_settings(method_cfg: DictConfig, settings) -> DictConfig:
-    """`method_cfg` with `method_settings` applied to the keys it has (others ignored)."""
-    present = {k: v for k, v in (settings or {}).items() if k in method_cfg}
-    if not present:
-        return method_cfg
-    return OmegaConf.merge(method_cfg, present)
+    """`method_cfg` with `method_settings` applied to the keys it has."""
+    present = _settings_for(method_cfg, settings)
+    return OmegaConf.merge(method_cfg, present) if present else method_cfg
 
 
 def apply_method_settings(cfg: DictConfig) -> None:
-    """Set `cfg.method`'s keys from `method_settings` (a run's first step)."""
-    settings = cfg.get("method_settings") or {}
-    for key, value in settings.items():
-        if key in cfg.method:
-            cfg.method[key] = value
+    """Set `cfg.method`'s keys from `method_settings` (a run's first step), in place: the
+    selected method stays attached to the run config its interpolations resolve against."""
+    for key, value in _settings_for(cfg.method, cfg.get("method_settings")).items():
+        cfg.method[key] = value
 
 
 class MissingArtifactError(io.ArtifactError):

@@ -28,37 +28,27 @@ def _training(steps: int, batch_size: int, n: int) -> tuple[int, int]:
     return steps * min(batch_size, n), steps
 
 
-def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int]:
-    """(forwards, optimizer steps) of attributing m generated items over n training items."""
+def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int, int]:
+    """(forwards, optimizer steps, the forwards that also run a backward pass) of
+    attributing m generated items over n training items."""
     kind = method.get("kind", method.name)
     score = (m + 1) * n * method.get("num_noises", 0)  # F2 of every item, plus F1 once
     if kind == "mucs":
         per_step = method.batch_size + method.ga_draws  # L_FT batch and the item's draws
-        return m * method.max_steps * per_step + score, m * method.max_steps
+        trained = m * method.max_steps * per_step
+        return trained + score, m * method.max_steps, trained
     if kind in ("dtrak", "das"):  # one forward and backward per (item, draw), both sets
-        return (n + m) * method.num_noises, 0
+        trained = (n + m) * method.num_noises
+        return trained, 0, trained
     if kind == "forward_inf":
-        return m * method.steps * method.ga_draws + score, m * method.steps
+        trained = m * method.steps * method.ga_draws
+        return trained + score, m * method.steps, trained
     if kind == "abu":
-        fisher = n * method.fisher_epochs
-        return fisher + m * method.steps * method.ga_draws + score, m * method.steps
+        trained = n * method.fisher_epochs + m * method.steps * method.ga_draws
+        return trained + score, m * method.steps, trained
     if kind in ("clip", "dino"):
-        return n + m, 0  # one encoder forward per image
-    return 0, 0  # random, pixel, condition, ensemble (its components are their own units)
-
-
-def training_forwards(method: DictConfig, n: int, m: int) -> int:
-    """The part of attribution_cost's forwards that also runs a backward pass."""
-    kind = method.get("kind", method.name)
-    if kind == "mucs":
-        return m * method.max_steps * (method.batch_size + method.ga_draws)
-    if kind in ("dtrak", "das"):  # per-sample gradients
-        return (n + m) * method.num_noises
-    if kind == "forward_inf":
-        return m * method.steps * method.ga_draws
-    if kind == "abu":
-        return n * method.fisher_epochs + m * method.steps * method.ga_draws
-    return 0
+        return n + m, 0, 0  # one encoder forward per image
+    return 0, 0, 0  # random, pixel, condition, ensemble (its components are their own units)
 
 
 def measure(cfg: DictConfig, data) -> dict[str, float]:
@@ -109,7 +99,7 @@ def unit_seconds(row: dict, method_cfg: DictConfig | None, n: int, m: int, rate:
     if row["stage"] in ("pretrain", "retrain"):
         return row["forwards"] * rate["train"]
     if row["stage"] == "attribute" and method_cfg is not None:
-        train = training_forwards(method_cfg, n, m)
+        train = attribution_cost(method_cfg, n, m)[2]
         return train * rate["train"] + (row["forwards"] - train) * rate["forward"]
     return row["forwards"] * rate["forward"]
 
@@ -127,7 +117,7 @@ def unit_cost(
     if stage == "null_loss":
         return cfg.null_loss.batch_size * cfg.null_loss.num_batches, 0
     if stage == "attribute":
-        return attribution_cost(layout.method_cfg(method), n, cfg.generate.num_items)
+        return attribution_cost(layout.method_cfg(method), n, cfg.generate.num_items)[:2]
     return 0, 0  # evaluate: similarity metrics only
 
 

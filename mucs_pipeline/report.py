@@ -506,8 +506,8 @@ def comparison_figures(c: Comparison, out: Path) -> None:
         figures.roc_curves(target, BASELINE, metric, out / f"fig_roc_{metric}.png")
     first = c.runs[c.labels[0]][0]
     metric = c.metrics[0]
-    n = len(io.load(first["generate"] / "items.pt")["target"]["images"])
     grid = [io.load(first["generate"] / "items.pt")["target"]["images"]]
+    n = len(grid[0])
     labels, captions = ["original"], [[f"item {i}" for i in range(n)]]
 
     def add(label: str, run: dict, method: str) -> None:

@@ -40,17 +40,22 @@ def quiet(cfg: DictConfig) -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def _own_settings(cfg: DictConfig) -> dict[str, str]:
+    """The ablation and lambda of the job's own method: what tells a sweep's runs apart."""
+    out = {}
+    if cfg.get("ablation"):
+        out["ablation"] = cfg.ablation.name
+    if "lam" in cfg.method:
+        out["lam"] = f"{cfg.method.lam:g}"
+    return out
+
+
 def method_label(cfg: DictConfig, method: str | None) -> str | None:
     """The method as the name shows it: `mucs-u_c1_lam01-lam0.1`, `pixel`, `random`."""
     if method is None:
         return None
-    parts = [method]
-    if method == cfg.method.name:
-        if cfg.get("ablation"):
-            parts.append(cfg.ablation.name)
-        if "lam" in cfg.method:
-            parts.append(f"lam{cfg.method.lam:g}")
-    return "-".join(parts)
+    own = _own_settings(cfg) if method == cfg.method.name else {}
+    return "-".join([method, *[v if k == "ablation" else f"{k}{v}" for k, v in own.items()]])
 
 
 def tags(cfg: DictConfig, stage: str, method: str | None) -> list[str]:
@@ -58,10 +63,8 @@ def tags(cfg: DictConfig, stage: str, method: str | None) -> list[str]:
     out = [f"dataset:{cfg.dataset.name}", f"seed:{cfg.seed}", f"stage:{stage}"]
     shown = method or cfg.method.name  # a shared stage belongs to the job's method
     out.append(f"method:{shown}")
-    if cfg.get("ablation") and shown == cfg.method.name:
-        out.append(f"ablation:{cfg.ablation.name}")
-    if "lam" in cfg.method and shown == cfg.method.name:
-        out.append(f"lam:{cfg.method.lam:g}")
+    if shown == cfg.method.name:
+        out += [f"{k}:{v}" for k, v in _own_settings(cfg).items()]
     for group in ("experiment", "sweep"):
         if group in _CHOICES:
             out.append(f"{group}:{_CHOICES[group]}")

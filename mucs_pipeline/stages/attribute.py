@@ -47,7 +47,8 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     # Finished items are kept after a kill; a damaged one is computed again.
     strict = cfg.get("strict", False)
     todo = [i for i in range(m) if not io.resumable(parts / f"item{i:04d}.pt", strict)]
-    scorer = build_method(layout.method_cfg(method), ctx)
+    mc = layout.method_cfg(method)
+    scorer = build_method(mc, ctx)
     if todo:
         scorer.prepare(items["images"], items["cond"])
     setup_seconds = time.perf_counter() - setup_start  # caches shared by all items, prepare()
@@ -86,13 +87,12 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         metrics["unlearn_steps_mean"] = out["steps"].float().mean().item()
         metrics["hit_max_steps"] = int(out["hit_max_steps"].sum())
         if metrics["hit_max_steps"]:  # one line for the unit, not one per item
-            mc = layout.method_cfg(method)
             log.warning(
                 "%s: %d of %d items hit method.max_steps=%d before L_GA >= %g * L_null "
                 "(recorded as hit_max_steps; see trajectories.png)",
                 method, metrics["hit_max_steps"], m, mc.max_steps, mc.stop_ratio,
             )  # fmt: skip
-    figures(cfg, layout.method_cfg(method), data, items, out, folder)
+    figures(cfg, mc, data, items, out, folder)
     log_wandb(cfg, layout, method, items, out, metrics, folder)
     return metrics
 

@@ -28,9 +28,11 @@ def app(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from mucs_pipeline import tracking
+    from mucs_pipeline.layout import drop_settings_set_on_the_method
     from mucs_pipeline.pipeline import run
 
     hydra_cfg = HydraConfig.get()
+    drop_settings_set_on_the_method(cfg, hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     tracking.set_job(
         hydra_cfg.runtime.choices, Path(hydra_cfg.sweep.dir).name if multirun else None

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import conf_dir
@@ -124,6 +124,17 @@ def with_method_settings(method_cfg: DictConfig, settings) -> DictConfig:
     """`method_cfg` with `method_settings` applied to the keys it has."""
     present = _settings_for(method_cfg, settings)
     return OmegaConf.merge(method_cfg, present) if present else method_cfg
+
+
+def drop_settings_set_on_the_method(cfg: DictConfig, overrides) -> None:
+    """Drop the `method_settings` entries that the command line also sets on the method
+    itself, so that the explicit one wins: `debug=micro method.max_steps=50` runs 50 steps,
+    not debug's 3. `overrides` are the command line's (Hydra's task overrides)."""
+    keys = [o.lstrip("+").split("=", 1)[0] for o in overrides]
+    explicit = {k.split(".")[1] for k in keys if k.startswith("method.")}
+    with open_dict(cfg):
+        for key in explicit & set(cfg.get("method_settings") or {}):
+            cfg.method_settings.pop(key)
 
 
 def apply_method_settings(cfg: DictConfig) -> None:

@@ -18,52 +18,9 @@ from PIL import Image
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
-# A run small enough for a test: a few optimizer steps, two items, a small noise bank.
-MICRO = [
-    "logger=csv",
-    "dataset.subset=120",
-    "model.hidden=32",
-    "model.depth=2",
-    "model.heads=2",
-    "model.conv_channels=[8,8]",
-    "pretrain.steps=12",
-    "pretrain.checkpoint_every=5",
-    "generate.num_items=2",
-    "generate.num_controls=2",
-    "generate.num_steps=6",
-    "method.max_steps=3",
-    "method.num_noises=10",
-    "method.batch_size=20",
-    "method.ga_draws=20",
-    "null_loss.num_batches=2",
-    "trainer.progress_bar=false",
-    "evaluate.k_fraction=0.05",
-]
-
-
-# Micro settings of the baselines; an ensemble passes them to its components.
-_GRAD = "{num_noises: 8, proj_dim: 256, chunk: 4}"
-_ASCENT = "{num_noises: 8, ga_draws: 16}"
-METHOD_MICRO = {
-    "dtrak": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
-    "das": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
-    "forward_inf": ["method.num_noises=8", "method.ga_draws=16"],
-    # lr 1e-2 diverges here; and after 12 steps a zero-initialised output layer leaves
-    # ~1e-22 curvature upstream of it, where AbU's lr * g / (N * Fisher) step overflows.
-    "abu": [
-        "method.num_noises=8",
-        "method.ga_draws=16",
-        "method.lr=1e-3",
-        "model.zero_init_output=false",
-    ],
-    "ensemble": [
-        f"+method.overrides.dtrak={_GRAD}",
-        f"+method.overrides.das={_GRAD}",
-        f"+method.overrides.forward_inf={_ASCENT}",
-        f"+method.overrides.abu={_ASCENT}",
-        "+method.overrides.mucs={max_steps: 3, num_noises: 10, batch_size: 20, ga_draws: 20}",
-    ],
-}
+# What the tests run: `debug=micro` (conf/debug/micro.yaml, the README's check of a setup:
+# a few optimizer steps, two items, a small noise bank, for every method), logged to CSV.
+MICRO = ["debug=micro", "logger=csv", "trainer.progress_bar=false"]
 
 
 def cli_command(runs: Path, *args: str) -> list[str]:
@@ -85,11 +42,8 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
     (faster than run_cli, and monkeypatches apply): (exit status, stderr lines)."""
     from mucs_pipeline.__main__ import main
 
-    micro = MICRO
-    if any(o.startswith("method=") for o in overrides):  # MUCS's micro keys do not apply
-        micro = [o for o in MICRO if not o.startswith("method.")]
     monkeypatch.setattr(
-        sys, "argv", ["mucs_pipeline", *micro, f"paths.runs_dir={runs}", *overrides]
+        sys, "argv", ["mucs_pipeline", *MICRO, f"paths.runs_dir={runs}", *overrides]
     )
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # what main() sets, undone after the test
     capsys.readouterr()
@@ -106,21 +60,18 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
 
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The real config with micro settings, writing under tmp_path.
+    """The real config with `debug=micro`, writing under tmp_path, its `method_settings`
+    applied as a run applies them. A model chosen with `model=` keeps its own size."""
+    from mucs_pipeline.layout import apply_method_settings, drop_settings_set_on_the_method
 
-    Micro settings of a group are dropped where they do not apply: a chosen model, or a
-    method other than MUCS.
-    """
-    micro = MICRO
-    if any(o.startswith("model=") for o in overrides):
-        micro = [o for o in micro if not o.startswith("model.")]
+    overrides = (*MICRO, f"paths.runs_dir={tmp_path}", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        base = [f"paths.runs_dir={tmp_path}", *overrides]
-        no_method = [o for o in micro if not o.startswith("method.")]
-        method = compose("config", overrides=[*no_method, *base]).method
-        if method.name != "mucs":
-            micro = no_method + METHOD_MICRO.get(method.get("kind", method.name), [])
-        return compose("config", overrides=[*micro, *base])
+        cfg = compose("config", overrides=list(overrides))
+        if any(o.startswith("model=") for o in overrides):  # not debug=micro's tiny DiT
+            cfg.model = compose("config", overrides=[o for o in overrides if o != MICRO[0]]).model
+    drop_settings_set_on_the_method(cfg, overrides)
+    apply_method_settings(cfg)
+    return cfg
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,12 @@ def test_a_multirun_over_methods_takes_a_method_specific_setting(tmp_path):
     (mucs,) = (tmp_path / "digits" / "seed0" / "attribute").glob("mucs-*/scores.pt")
     assert torch.equal(io.load(mucs)["steps"], torch.tensor([2, 2]))
     assert list((tmp_path / "digits" / "seed0" / "evaluate").glob("pixel-*/results.csv"))
+
+
+def test_a_method_key_set_on_the_command_line_wins_over_method_settings(tmp_path):
+    from conftest import make_cfg
+
+    assert make_cfg(tmp_path).method.max_steps == 3  # debug=micro's method_settings
+    cfg = make_cfg(tmp_path, "method.max_steps=50", "++method.num_noises=6")
+    assert (cfg.method.max_steps, cfg.method.num_noises) == (50, 6)
+    assert cfg.method.batch_size == 20  # the keys not set on the command line still apply

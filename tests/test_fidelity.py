@@ -41,7 +41,7 @@ def test_a_fresh_network_outputs_exactly_zero(experiment):
     # So the EDM denoiser of a fresh network is its skip path alone: D = c_skip x.
     sigma = torch.tensor([0.5, 3.0])
     c_skip = EDM().precond(sigma)[0].reshape(-1, 1, 1, 1)
-    assert torch.allclose(EDM().predict(net, x, sigma, cond), c_skip * x)
+    assert torch.allclose(EDM().predict(net, x, cond, sigma), c_skip * x)
     literal = build_model(OmegaConf.merge(cfg.model, {"zero_init_output": False}), res,
                           channels, cond_dim)  # fmt: skip
     assert literal.out.weight.abs().sum() > 0  # PyTorch's default init, the paper read literally

@@ -294,7 +294,7 @@ def validate(cfg: DictConfig) -> None:
 
 def check_training_set(cfg: DictConfig, num_train: int) -> None:
     """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining)."""
-    from mucs_pipeline.stages.retrain import top_k
+    from mucs_pipeline.evaluation.protocol import top_k
 
     k, m = top_k(num_train, cfg.evaluate.k_fraction), cfg.generate.num_items
     if k * m > num_train:

@@ -101,7 +101,7 @@ def figures(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out: dic
     """top_k.png (each generated item next to its most influential training items) and,
     for MUCS, trajectories.png (unlearning losses against L_null and the stop line)."""
     from mucs_pipeline.evaluation import figures as fig
-    from mucs_pipeline.stages.retrain import top_k_indices
+    from mucs_pipeline.evaluation.protocol import top_k_indices
 
     n_items, n_top = min(8, len(items["images"])), min(8, out["scores"].shape[1])
     top = top_k_indices(out["scores"][:n_items], n_top, cfg.seed)

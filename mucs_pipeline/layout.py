@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import conf_dir
 from mucs_pipeline import distributed as dist
+from mucs_pipeline.attribution.base import method_class
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,19 @@ def apply_method_settings(cfg: DictConfig) -> None:
         cfg.method[key] = value
 
 
+def config_dirs(cfg: DictConfig) -> list[Path]:
+    """The config folders a run composes from: conf/, then those added with
+    `hydra.searchpath=[file://...]` (where a method's own config file may live)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    runtime = cfg.hydra.runtime if "hydra" in cfg else None  # before the job: its config
+    if runtime is None and HydraConfig.initialized():
+        runtime = HydraConfig.get().runtime
+    sources = runtime.config_sources if runtime is not None else []
+    dirs = [conf_dir(), *[Path(s.path) for s in sources if s.schema == "file"]]
+    return list(dict.fromkeys(dirs))
+
+
 class MissingArtifactError(io.ArtifactError):
     """A stage needs an upstream artifact that no finished unit holds."""
 
@@ -217,10 +231,12 @@ class Layout:
         ensemble's `overrides`."""
         if method == self.cfg.method.name:
             return self.cfg.method
-        path = conf_dir() / "method" / f"{method}.yaml"
-        if not path.exists():
-            raise ValueError(f"method {method!r}: no config file {path}")
-        defaults = OmegaConf.load(path)
+        folders = [d / "method" for d in config_dirs(self.cfg)]
+        paths = [p for d in folders if (p := d / f"{method}.yaml").exists()]
+        if not paths:
+            where = ", ".join(map(str, folders))
+            raise ValueError(f"method {method!r}: no config file {method}.yaml in {where}")
+        defaults = OmegaConf.load(paths[0])
         overrides = self.cfg.method.get("overrides") or {}
         defaults = with_method_settings(defaults, self.cfg.get("method_settings"))
         if method in overrides:
@@ -233,9 +249,7 @@ class Layout:
     def components(self, method: str) -> list[str]:
         """The methods whose scores an ensemble method combines (none for other methods)."""
         cfg = self.method_cfg(method)
-        if cfg.get("kind", cfg.name) != "ensemble":
-            return []
-        return [name for name, w in cfg.weights.items() if w]
+        return method_class(cfg).components(cfg)
 
     def units(self, stage: str) -> list[str | None]:
         """The methods of a stage's units, in the order they run (None: a shared unit)."""

@@ -29,7 +29,8 @@ from scipy.stats import spearmanr
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import conf_dir
-from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.mucs import normalized_skew
+from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
 from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.evaluation.protocol import top_k

@@ -138,8 +138,7 @@ def test_u_c2_draws_unlearning_sigmas_from_the_top_of_the_generation_schedule():
 def test_s_c2_compares_mean_losses_of_independent_pairs(trained, tmp_path):
     from conftest import context
 
-    from mucs_pipeline.attribution.mucs import MUCS
-    from mucs_pipeline.attribution.scoring import normalized_skew
+    from mucs_pipeline.attribution.mucs import MUCS, normalized_skew
 
     method = OmegaConf.to_container(trained[0].method)
     cfg = OmegaConf.create({**method, "noise_consistent": False, "num_noises": 4})

@@ -3,13 +3,8 @@ import torch
 from conftest import make_cfg, perturb
 from omegaconf import OmegaConf
 
-from mucs_pipeline.attribution.scoring import (
-    LossGrid,
-    NoiseBank,
-    loss_matrix,
-    noise_bank,
-    normalized_skew,
-)
+from mucs_pipeline.attribution.mucs import normalized_skew
+from mucs_pipeline.attribution.scoring import LossGrid, NoiseBank, loss_matrix, noise_bank
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.models import EDM
 from mucs_pipeline.training import init_model

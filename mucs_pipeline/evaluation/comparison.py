@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
+from mucs_pipeline.attribution.base import METHODS, Method, method_class
 from mucs_pipeline.evaluation.protocol import result_rows, top_k_indices, top_k_sets
 from mucs_pipeline.evaluation.stats import mean_ci, overlap_between_methods, pair_overlaps
 from mucs_pipeline.evaluation.tables import Num, write_table
@@ -31,34 +33,20 @@ def pool(folders: list[Path]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     return pooled
 
 
-# Row order of the paper's tables; other methods follow alphabetically.
-ORDER = [
-    "random",
-    "condition",
-    "pixel",
-    "clip",
-    "dino",
-    "dtrak",
-    "das",
-    "forward_inf",
-    "abu",
-    "mucs",
-]
-WEIGHT_COLUMNS = [
-    "mucs",
-    "das",
-    "dtrak",
-    "dino",
-    "clip",
-    "condition",
-    "pixel",
-    "forward_inf",
-    "abu",
-]
-
-
 def paper_order(methods) -> list[str]:
-    return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+    """Labels in the row order of the paper's tables (the registry's), others alphabetically."""
+    order = list(METHODS)
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def _method_class(cfg: DictConfig) -> type[Method]:
+    """The class of a run's method, or the plain Method where it cannot be imported here
+    (a method outside this package): its runs are still reported, without its figures."""
+    try:
+        return method_class(cfg)
+    except ValueError as err:
+        log.warning("method %s: %s", cfg.get("name"), err)
+        return Method
 
 
 def _slug(label: str) -> str:
@@ -85,6 +73,8 @@ class Comparison:
         self.name, self.runs, self.alpha = name, by_label, alpha
         self.labels = paper_order(by_label)
         self.method = {label: runs[0]["method"] for label, runs in by_label.items()}
+        self.cfg = {lb: OmegaConf.create(runs[0]["method_cfg"]) for lb, runs in by_label.items()}
+        self.cls = {lb: _method_class(cfg) for lb, cfg in self.cfg.items()}
         self.pooled = {lb: pool([r["folder"] for r in by_label[lb]]) for lb in self.labels}
         first = self.labels[0]
         self.metrics = list(self.pooled[first]["target"][self.method[first]])
@@ -165,29 +155,44 @@ class Comparison:
             matrix.append(line)
         return items, matrix
 
-    def ensemble_rows(self) -> list[dict]:
-        """Tables 3/9: MUCS as reference R and every ensemble, with their weights."""
-        ens = [lb for lb in self.labels if self.runs[lb][0]["method_cfg"].get("kind") == "ensemble"]
+    def references(self) -> list[str]:
+        """The reference rows (R): the proposed method alone, neither ablated nor swept."""
+        return [lb for lb in self.labels if self.cls[lb].reference and lb == self.method[lb]]
+
+    def ensemble_rows(self) -> tuple[list[str], list[dict]]:
+        """Tables 3/9: the reference R and every ensemble, with their weights; and the
+        weight columns (the ensembles' methods). R's weight on itself is the largest any
+        ensemble gives it (the paper's 10)."""
+        ens = [lb for lb in self.labels if self.cls[lb].components(self.cfg[lb])]
+        weights = {lb: dict(self.cfg[lb].weights) for lb in ens}
+        columns = list(dict.fromkeys(m for w in weights.values() for m in w))
+        for ref in self.references() if ens else []:
+            weights[ref] = {ref: max([w.get(ref, 0) for w in weights.values()], default=0) or 1}
         rows = []
-        for lb in (["mucs"] if ens and "mucs" in self.labels else []) + ens:
-            weights = self.runs[lb][0]["method_cfg"].get("weights", {"mucs": 10})
+        for lb in [lb for lb in self.labels if lb in weights and lb not in ens] + ens:
             r = self.by_metric(lb)
-            line = {"method": lb, **{w: weights.get(w, 0) for w in WEIGHT_COLUMNS}}
+            line = {"method": lb, **{w: weights[lb].get(w, 0) for w in columns}}
             line.update({metric: _auc(r[metric]) for metric in self.metrics})
             line["mean"] = sum(r[x]["auc"] for x in self.metrics) / len(self.metrics)
             rows.append(line)
-        return rows
+        return columns, rows
 
     def ablation_rows(self) -> list[dict]:
-        """Table 2: MUCS and its ablations (`+ablation=...`), with the mean relative AUC change."""
-        ablations = [lb for lb in self.labels if "/" in lb]
-        if not ablations or "mucs" not in self.labels:
+        """Table 2: each reference and its ablations (`<method>/<ablation>`, from
+        `+ablation=...`), with the mean relative AUC change."""
+        rows = []
+        for name in self.references():
+            rows += self._ablations(name, [lb for lb in self.labels if lb.startswith(name + "/")])
+        return rows
+
+    def _ablations(self, name: str, ablations: list[str]) -> list[dict]:
+        if not ablations:
             return []
-        ref = self.by_metric("mucs")
-        rows = [{"row": "", "description": "MUCS (proposed)", "method": "mucs"}]
+        ref = self.by_metric(name)
+        rows = [{"row": "", "description": f"{name} (proposed)", "method": name}]
         rows[0].update({m: _auc(ref[m]) for m in self.metrics})
         mean_auc = sum(ref[m]["auc"] for m in self.metrics) / len(self.metrics)
-        rows[0]["delta %"] = Num(0.0, text=f"({mean_auc:.3f})")  # MUCS's own mean AUC
+        rows[0]["delta %"] = Num(0.0, text=f"({mean_auc:.3f})")  # the reference's own mean AUC
         for lb in ablations:
             r, info = self.by_metric(lb), self.runs[lb][0].get("ablation") or {}
             line = {
@@ -196,7 +201,7 @@ class Comparison:
                 "method": lb,
             }
             line.update({m: _auc(r[m]) for m in self.metrics})
-            # Relative to MUCS's AUC; undefined where that is 0 (a tiny run), so left out.
+            # Relative to the reference's AUC; undefined where that is 0 (a tiny run), so left out.
             rel = [
                 (r[m]["auc"] - ref[m]["auc"]) / ref[m]["auc"] for m in self.metrics if ref[m]["auc"]
             ]
@@ -241,15 +246,16 @@ def comparison_report(name: str, by_label: dict[str, list[dict]], out: Path, alp
         matrix, ["method", *paper_order(sets)], out / "table8_overlap_methods",
         "Top-k overlap (%) between methods on the same generated item",
     )  # fmt: skip
-    if rows := c.ensemble_rows():
+    weight_columns, rows = c.ensemble_rows()
+    if rows:
         tables["table3_ensembles"] = write_table(
-            rows, ["method", *WEIGHT_COLUMNS, *c.metrics, "mean"], out / "table3_ensembles",
-            "Rank ensembles (App. A.4) against MUCS alone: weights and AUC",
+            rows, ["method", *weight_columns, *c.metrics, "mean"], out / "table3_ensembles",
+            "Rank ensembles (App. A.4) against the proposed method alone: weights and AUC",
         )  # fmt: skip
     if rows := c.ablation_rows():
         tables["table2_ablations"] = write_table(
             rows, ["row", "description", "method", *c.metrics, "delta %"], out / "table2_ablations",
-            "Ablations of MUCS: AUC and mean relative AUC difference to MUCS",
+            "Ablations: AUC and mean relative AUC difference to the method ablated",
         )  # fmt: skip
     comparison_figures(c, out)
     return tables
@@ -286,21 +292,15 @@ def comparison_figures(c: Comparison, out: Path) -> None:
         grid, out / "fig_regenerations.png", labels, captions,
         title=f"Seed {first['seed']}: original and regenerated after each method's removal",
     )  # fmt: skip
-    # Plain MUCS, else its first setting of a sweep (mucs[lam=0.1]); not an ablation.
-    mucs = [lb for lb in c.labels if c.method[lb] == "mucs" and "/" not in lb]
-    if mucs:
-        run = c.runs["mucs" if "mucs" in mucs else mucs[0]][0]
-        scores = io.load(run["attribute"]["mucs"] / "scores.pt")
-        stop = run["method_cfg"].get("stop_ratio", 0.95)
-        figures.trajectories(
-            scores["trajectories"], scores.get("loss_null"), out / "fig_mucs_trajectories.png", stop
-        )
+    for lb in [lb for lb in c.labels if "/" not in lb]:  # each method's own, not ablations'
+        run = c.runs[lb][0]
+        scores = io.load(run["attribute"][c.method[lb]] / "scores.pt")
+        c.cls[lb].figures(c.cfg[lb], scores, out, f"fig_{_slug(lb)}_")
     top_k_figures(c, out)
 
 
 def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) -> None:
     """Per method: each of the first generated items next to its top training items."""
-    from omegaconf import OmegaConf
 
     from mucs_pipeline.data import build_dataset
     from mucs_pipeline.data.base import DatasetError

@@ -151,10 +151,7 @@ def diagonal_fisher(
         gen = rng.generator("fisher", seed, epoch)
         sigma = ctx.diffusion.training_sigma(len(data), gen).reshape(-1, 1)
         noise = torch.randn((len(data), 1, *shape), generator=gen)
-        x = data.x
-        recipe = ctx.cfg.pretrain.augment
-        if augmentation.active(recipe) and recipe.xflip:
-            x = augmentation.hflip(x, augmentation.halves(len(data), gen))
+        x = augmentation.xflip(data.x, ctx.cfg.pretrain.augment, gen)
         chunks = grads(objective, x, data.cond, sigma, noise, chunk)
         for g in tqdm(
             chunks, total=-(-len(data) // chunk), desc=f"fisher epoch {epoch}", leave=False

@@ -178,17 +178,19 @@ def log_report_wandb(name: str, key: str, out: Path) -> None:
     """The report's tables (wandb.Table) and figures (wandb.Image) in one W&B run."""
     import wandb
 
-    os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(
-        project="mucs_pipeline",
-        group=f"{name}-{key[:8]}",  # the group of the comparison's stage runs
-        job_type="report",
-        name=f"{name}-report-{key[:8]}",
-        tags=[f"name:{name}", "stage:report"],
-        config={"name": name, "comparison_key": key},
-        mode=os.environ.get("WANDB_MODE", "offline"),  # as logger=wandb: `--sync` uploads
-        dir=str(out),
-        reinit="finish_previous",
+    from mucs_pipeline import tracking
+
+    run = tracking.start(
+        {
+            "project": "mucs_pipeline",
+            "group": f"{name}-{key[:8]}",  # the group of the comparison's stage runs
+            "job_type": "report",
+            "name": f"{name}-report-{key[:8]}",
+            "tags": [f"name:{name}", "stage:report"],
+            "config": {"name": name, "comparison_key": key},
+        },
+        os.environ.get("WANDB_MODE", "offline"),  # as logger=wandb: `--sync` uploads
+        out,
     )
     for path in sorted(out.glob("*.json")):
         table = json.loads(path.read_text())

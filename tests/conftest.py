@@ -111,6 +111,8 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     Micro settings of a group are dropped where they do not apply: a chosen model, or a
     method other than MUCS.
     """
+    from mucs_pipeline.attribution.base import method_kind
+
     micro = MICRO
     if any(o.startswith("model=") for o in overrides):
         micro = [o for o in micro if not o.startswith("model.")]
@@ -119,7 +121,7 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
         no_method = [o for o in micro if not o.startswith("method.")]
         method = compose("config", overrides=[*no_method, *base]).method
         if method.name != "mucs":
-            micro = no_method + METHOD_MICRO.get(method.get("kind", method.name), [])
+            micro = no_method + METHOD_MICRO.get(method_kind(method), [])
         return compose("config", overrides=[*micro, *base])
 
 

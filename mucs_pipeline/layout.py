@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import conf_dir
+from mucs_pipeline import config_dirs
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution.base import method_class
 
@@ -132,19 +132,6 @@ def apply_method_settings(cfg: DictConfig) -> None:
     selected method stays attached to the run config its interpolations resolve against."""
     for key, value in _settings_for(cfg.method, cfg.get("method_settings")).items():
         cfg.method[key] = value
-
-
-def config_dirs(cfg: DictConfig) -> list[Path]:
-    """The config folders a run composes from: conf/, then those added with
-    `hydra.searchpath=[file://...]` (where a method's own config file may live)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    runtime = cfg.hydra.runtime if "hydra" in cfg else None  # before the job: its config
-    if runtime is None and HydraConfig.initialized():
-        runtime = HydraConfig.get().runtime
-    sources = runtime.config_sources if runtime is not None else []
-    dirs = [conf_dir(), *[Path(s.path) for s in sources if s.schema == "file"]]
-    return list(dict.fromkeys(dirs))
 
 
 class MissingArtifactError(io.ArtifactError):

@@ -84,6 +84,14 @@ def hflip(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return torch.where(which.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
+def xflip(x: torch.Tensor, cfg: DictConfig | None, gen: torch.Generator) -> torch.Tensor:
+    """The recipe's flips alone: half the images flipped where it flips (it is active and
+    `xflip`), as AbU's Fisher sees the training items; draws nothing otherwise."""
+    if not (active(cfg) and cfg.xflip):
+        return x
+    return hflip(x, halves(len(x), gen))
+
+
 def transform(x: torch.Tensor, flip: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Apply flips, then the affine maps (bilinear, reflected borders): (N, C, H, W)."""
     x = hflip(x, flip)

@@ -18,8 +18,9 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import conf_dir
+from mucs_pipeline import config_dirs
 from mucs_pipeline import distributed as dist
+from mucs_pipeline.attribution.base import method_class
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +229,12 @@ class Layout:
         ensemble's `overrides`."""
         if method == self.cfg.method.name:
             return self.cfg.method
-        path = conf_dir() / "method" / f"{method}.yaml"
-        if not path.exists():
-            raise ValueError(f"method {method!r}: no config file {path}")
-        defaults = OmegaConf.load(path)
+        folders = [d / "method" for d in config_dirs(self.cfg)]
+        paths = [p for d in folders if (p := d / f"{method}.yaml").exists()]
+        if not paths:
+            where = ", ".join(map(str, folders))
+            raise ValueError(f"method {method!r}: no config file {method}.yaml in {where}")
+        defaults = OmegaConf.load(paths[0])
         overrides = self.cfg.method.get("overrides") or {}
         defaults = with_method_settings(defaults, self.cfg.get("method_settings"))
         if method in overrides:
@@ -244,9 +247,7 @@ class Layout:
     def components(self, method: str) -> list[str]:
         """The methods whose scores an ensemble method combines (none for other methods)."""
         cfg = self.method_cfg(method)
-        if cfg.get("kind", cfg.name) != "ensemble":
-            return []
-        return [name for name, w in cfg.weights.items() if w]
+        return method_class(cfg).components(cfg)
 
     def units(self, stage: str) -> list[str | None]:
         """The methods of a stage's units, in the order they run (None: a shared unit)."""

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import distributed as dist
-from mucs_pipeline import terminal, tracking
+from mucs_pipeline import terminal
 from mucs_pipeline.layout import STAGES, Layout, apply_method_settings
 from mucs_pipeline.validate import check_training_set, validate
 
@@ -22,7 +22,6 @@ def run(cfg: DictConfig) -> dict:
     apply_method_settings(cfg)  # method_settings: each method takes the keys it has
     validate(cfg)  # before anything is computed or written; ConfigError lists the problems
     terminal.warnings_once()
-    tracking.quiet(cfg)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     import lightning  # noqa: F401  (imported first: it sets its loggers to INFO on import)

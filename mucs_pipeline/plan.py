@@ -15,6 +15,7 @@ import time
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.layout import STAGES, Layout
 
 
@@ -30,25 +31,9 @@ def _training(steps: int, batch_size: int, n: int) -> tuple[int, int]:
 
 def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int, int]:
     """(forwards, optimizer steps, the forwards that also run a backward pass) of
-    attributing m generated items over n training items."""
-    kind = method.get("kind", method.name)
-    score = (m + 1) * n * method.get("num_noises", 0)  # F2 of every item, plus F1 once
-    if kind == "mucs":
-        per_step = method.batch_size + method.ga_draws  # L_FT batch and the item's draws
-        trained = m * method.max_steps * per_step
-        return trained + score, m * method.max_steps, trained
-    if kind in ("dtrak", "das"):  # one forward and backward per (item, draw), both sets
-        trained = (n + m) * method.num_noises
-        return trained, 0, trained
-    if kind == "forward_inf":
-        trained = m * method.steps * method.ga_draws
-        return trained + score, m * method.steps, trained
-    if kind == "abu":
-        trained = n * method.fisher_epochs + m * method.steps * method.ga_draws
-        return trained + score, m * method.steps, trained
-    if kind in ("clip", "dino"):
-        return n + m, 0, 0  # one encoder forward per image
-    return 0, 0, 0  # random, pixel, condition, ensemble (its components are their own units)
+    attributing m generated items over n training items, as the method counts them (an
+    ensemble's components are units of their own)."""
+    return method_class(method).cost(method, n, m)
 
 
 def measure(cfg: DictConfig, data) -> dict[str, float]:

@@ -34,12 +34,6 @@ def enabled(cfg: DictConfig) -> bool:
     return cfg.logger.name == "wandb"
 
 
-def quiet(cfg: DictConfig) -> None:
-    """W&B's banners off unless `logger.verbose`: they are most of a run's terminal lines."""
-    if enabled(cfg) and not cfg.logger.get("verbose", False):
-        os.environ.setdefault("WANDB_SILENT", "true")
-
-
 def _own_settings(cfg: DictConfig) -> dict[str, str]:
     """The ablation and lambda of the job's own method: what tells a sweep's runs apart."""
     out = {}
@@ -92,26 +86,42 @@ def identity(cfg: DictConfig, layout, stage: str, method: str | None, folder: Pa
     }
 
 
-def settings(cfg: DictConfig):
+def start(run: dict, mode: str, folder: Path, verbose: bool = False):
+    """wandb.init as every W&B run of this package starts: `run` (see `identity`), its
+    files under `folder`, W&B's banners off unless `verbose` (they are most of a run's
+    terminal lines)."""
+    if not verbose:
+        os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    return wandb.Settings(silent=not cfg.logger.get("verbose", False))
+    return wandb.init(
+        **run,
+        mode=mode,
+        dir=str(folder),
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=not verbose),
+    )
 
 
 def init(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path):
     """A W&B run for one stage unit (offline unless `logger.mode`), or None without W&B."""
     if not enabled(cfg):
         return None
-    import wandb
+    run = identity(cfg, layout, stage, method, folder)
+    return start(run, cfg.logger.mode, folder, cfg.logger.get("verbose", False))
 
-    quiet(cfg)
-    return wandb.init(
-        **identity(cfg, layout, stage, method, folder),
-        mode=cfg.logger.mode,
-        dir=str(folder),
-        reinit="finish_previous",
-        settings=settings(cfg),
-    )
+
+def lightning_logger(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path):
+    """Lightning's logger of a training unit's W&B run (`init`), started by rank 0 alone."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from mucs_pipeline import distributed as dist
+
+    run = init(cfg, layout, stage, method, folder) if dist.is_main() else None
+    if run is not None:  # Lightning's x-axis, as its logger sets for a run it starts
+        run.define_metric("trainer/global_step")
+        run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return WandbLogger(experiment=run, save_dir=str(folder))
 
 
 def offline_runs(root: Path, include_synced: bool = False) -> list[Path]:

@@ -265,22 +265,10 @@ def make_trainer(
         )
         logger = [CSVLogger(folder, name="logs", version="")]
         if cfg.logger.name == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
             from mucs_pipeline import tracking
             from mucs_pipeline.layout import Layout
 
-            tracking.quiet(cfg)
-            run = tracking.identity(cfg, Layout(cfg), job_type, method, folder)
-            wandb_logger = WandbLogger(
-                **run,
-                save_dir=str(folder),
-                offline=cfg.logger.mode == "offline",
-                settings=tracking.settings(cfg),
-            )
-            # Lightning passes anonymous=None, for which wandb warns that it has no effect.
-            wandb_logger._wandb_init.pop("anonymous", None)
-            logger.append(wandb_logger)
+            logger.append(tracking.lightning_logger(cfg, Layout(cfg), job_type, method, folder))
     return L.Trainer(
         **placement(cfg.trainer, distributed),
         precision=cfg.trainer.precision,

@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mucs_pipeline import conf_dir
-from mucs_pipeline.attribution.base import METHODS
+from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.data.base import DATASETS
 from mucs_pipeline.generation import MAX_SEED
-from mucs_pipeline.layout import BASELINE, STAGES
+from mucs_pipeline.layout import BASELINE, STAGES, Layout
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
 
@@ -174,10 +174,11 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
         what = f"unknown {unknown}" if unknown else "nothing to run"
         problems.append(f"stages={stages}: {what}, expected some of {STAGES}")
     method = cfg.get("method", {})
-    kind = method.get("kind", method.get("name"))
-    if kind not in METHODS:
-        problems.append(f"method.name={kind!r}: expected one of {', '.join(METHODS)}")
-    elif method.get("name") == BASELINE:
+    try:
+        method_class(method)
+    except ValueError as err:
+        problems.append(str(err))
+    if method.get("name") == BASELINE:
         problems.append(
             f"method.name={BASELINE!r}: random removal is the null every method is compared "
             "against, not a method to evaluate; choose another, e.g. method=mucs"
@@ -262,10 +263,6 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
             f"dataset.root={root!r}: no such folder (see README, 'The paper's experiments', "
             "for what to download and where)"
         )
-    method = cfg.get("method", {})
-    weights = method.get("weights") if method.get("name") == "dino" else None
-    if isinstance(weights, str) and not Path(weights).exists():
-        problems.append(f"method.weights={weights!r}: no such file (DINOv2 ViT-B/14 weights)")
     metric = cfg.get("metric", {})
     names = metric.get("names") or []
     if not metric.get("skip_unavailable", False):
@@ -273,6 +270,21 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
             path = metric.get(key)
             if name in names and isinstance(path, str) and not Path(path).exists():
                 problems.append(f"metric.{key}={path!r}: no such file (needed by metric {name})")
+
+
+def check_method_files(cfg: DictConfig, problems: list[str]) -> None:
+    """The weight files that the method, and an ensemble's components, read."""
+    layout = Layout(cfg)
+    try:
+        for name in [cfg.method.name, *layout.components(cfg.method.name)]:
+            method = layout.method_cfg(name)
+            key_of = "method" if name == cfg.method.name else f"method.overrides.{name}"
+            for key, what in method_class(method).weight_files(method).items():
+                path = method.get(key)
+                if isinstance(path, str) and not Path(path).exists():
+                    problems.append(f"{key_of}.{key}={path!r}: no such file ({what})")
+    except ValueError as err:  # a component without a config file, or of no known kind
+        problems.append(str(err))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -288,13 +300,15 @@ def validate(cfg: DictConfig) -> None:
     if not problems:  # the semantic rules assume well-typed values
         check_semantics(tree, problems)
         check_paths(tree, problems)
+    if not problems:  # the methods' own files, for a method that exists
+        check_method_files(cfg, problems)
     if problems:
         raise ConfigError(problems)
 
 
 def check_training_set(cfg: DictConfig, num_train: int) -> None:
     """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining)."""
-    from mucs_pipeline.stages.retrain import top_k
+    from mucs_pipeline.evaluation.protocol import top_k
 
     k, m = top_k(num_train, cfg.evaluate.k_fraction), cfg.generate.num_items
     if k * m > num_train:

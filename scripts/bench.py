@@ -41,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution import Context, build_method
-from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.mucs import normalized_skew
+from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
 from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.models import build_diffusion, build_model

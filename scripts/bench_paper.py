@@ -38,9 +38,9 @@ from bench import ROOT, config, machine, matmul_flops, replace_section, timings
 from cost_model import METHODS, Geometry, Ops, minutes, scaled, seconds_per_item, setup_seconds
 
 from mucs_pipeline.attribution import Context, build_method
+from mucs_pipeline.attribution.base import select_parameters
 from mucs_pipeline.attribution.dtrak import DAS, DTRAK
 from mucs_pipeline.attribution.gradients import PerSampleGradients, Projector
-from mucs_pipeline.attribution.unlearn import select_parameters
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.models import build_diffusion, build_model
 from mucs_pipeline.stages.null_loss import estimate_loss_null

@@ -29,14 +29,15 @@ from scipy.stats import spearmanr
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import conf_dir
-from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank, normalized_skew
+from mucs_pipeline.attribution.mucs import normalized_skew
+from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
 from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.data import build_dataset
+from mucs_pipeline.evaluation.protocol import top_k
 from mucs_pipeline.generation import generate, item_plan
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.models import build_diffusion
 from mucs_pipeline.stages import common, null_loss
-from mucs_pipeline.stages.retrain import top_k
 from mucs_pipeline.training import train
 
 MID = ["model.hidden=384", "model.depth=6", "model.heads=6", "model.cond_width=384"]  # make bench

@@ -6,7 +6,7 @@ from conftest import context, make_cfg, perturb
 from omegaconf import OmegaConf
 
 from mucs_pipeline.attribution import build_method
-from mucs_pipeline.stages.retrain import removal_set
+from mucs_pipeline.evaluation.protocol import removal_set
 
 COPY_RANKED_FIRST = ["pixel", "dtrak", "das", "forward_inf", "abu"]
 

@@ -80,7 +80,8 @@ def test_normalized_difference_matches_a_hand_computation():
 
 
 def test_top_k_overlaps_on_constructed_sets():
-    from mucs_pipeline.evaluation.stats import overlap_between_methods, pair_overlaps, top_k_sets
+    from mucs_pipeline.evaluation.protocol import top_k_sets
+    from mucs_pipeline.evaluation.stats import overlap_between_methods, pair_overlaps
 
     a = [{0, 1, 2, 3}, {2, 3, 4, 5}, {0, 1, 2, 3}]
     assert pair_overlaps(a, 4) == [50.0, 100.0, 50.0]

@@ -23,9 +23,9 @@ from PIL import Image
 
 from mucs_pipeline import artifacts, pipeline
 from mucs_pipeline.data import build_dataset
+from mucs_pipeline.evaluation.report import report, report_comparisons
 from mucs_pipeline.generation import MAX_SEED, item_plan, latents_for
 from mucs_pipeline.layout import Layout
-from mucs_pipeline.report import report, report_comparisons
 from mucs_pipeline.validate import validate
 
 # After 12 steps at warmup learning rates a zero-initialised output layer has passed
@@ -392,7 +392,7 @@ def test_the_report_where_the_training_data_is_not_has_every_figure_but_the_top_
     info = json.loads(info_path.read_text())
     info["dataset_cfg"] = {**info["dataset_cfg"], "name": "folder", "root": "/no/such/images"}
     info_path.write_text(json.dumps(info))
-    with caplog.at_level(logging.WARNING, logger="mucs_pipeline.report"):
+    with caplog.at_level(logging.WARNING, logger="mucs_pipeline.evaluation"):
         (out,) = report_comparisons(runs)
     assert "no top-k figures: the training set cannot be read here" in caplog.text
     assert "fig_regenerations.png" in comparison(out) and "fig_top_k_mucs.png" not in comparison(
@@ -406,7 +406,7 @@ def test_an_unreadable_run_record_is_skipped_with_a_warning_naming_it(runs, capl
     bad = folder(runs, "evaluate").with_name("pixel-0123456789ab")
     shutil.copytree(folder(runs, "evaluate"), bad)
     (bad / "run.json").write_text('{"name": "digits", "seed": ')
-    with caplog.at_level(logging.WARNING, logger="mucs_pipeline.report"):
+    with caplog.at_level(logging.WARNING, logger="mucs_pipeline.evaluation"):
         (out,) = report(runs)
     assert table(out) == table(good)
     assert f"skipping {bad / 'run.json'}: not valid JSON" in caplog.text

@@ -41,7 +41,7 @@ def test_a_fresh_network_outputs_exactly_zero(experiment):
     # So the EDM denoiser of a fresh network is its skip path alone: D = c_skip x.
     sigma = torch.tensor([0.5, 3.0])
     c_skip = EDM().precond(sigma)[0].reshape(-1, 1, 1, 1)
-    assert torch.allclose(EDM().predict(net, x, sigma, cond), c_skip * x)
+    assert torch.allclose(EDM().predict(net, x, cond, sigma), c_skip * x)
     literal = build_model(OmegaConf.merge(cfg.model, {"zero_init_output": False}), res,
                           channels, cond_dim)  # fmt: skip
     assert literal.out.weight.abs().sum() > 0  # PyTorch's default init, the paper read literally
@@ -138,8 +138,7 @@ def test_u_c2_draws_unlearning_sigmas_from_the_top_of_the_generation_schedule():
 def test_s_c2_compares_mean_losses_of_independent_pairs(trained, tmp_path):
     from conftest import context
 
-    from mucs_pipeline.attribution.mucs import MUCS
-    from mucs_pipeline.attribution.scoring import normalized_skew
+    from mucs_pipeline.attribution.mucs import MUCS, normalized_skew
 
     method = OmegaConf.to_container(trained[0].method)
     cfg = OmegaConf.create({**method, "noise_consistent": False, "num_noises": 4})

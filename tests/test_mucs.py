@@ -5,7 +5,8 @@ import torch
 from conftest import context
 
 from mucs_pipeline.attribution import build_method
-from mucs_pipeline.attribution.unlearn import select_parameters, unlearn
+from mucs_pipeline.attribution.base import select_parameters
+from mucs_pipeline.attribution.unlearn import unlearn
 from mucs_pipeline.stages.null_loss import estimate_loss_null
 
 
@@ -69,7 +70,8 @@ def test_cached_f1_losses_equal_recomputed(trained):
 
 def test_item_scores_are_the_skew_of_the_whole_loss_grids(trained):
     """MUCS reduces F2's losses batch by batch; the result is Eq. 3 on the full matrices."""
-    from mucs_pipeline.attribution.scoring import loss_matrix, normalized_skew
+    from mucs_pipeline.attribution.mucs import normalized_skew
+    from mucs_pipeline.attribution.scoring import loss_matrix
 
     cfg, data, edm, f1, tmp = trained
     method = build_method(cfg.method, context(trained, 1.7, tmp / "cache-grid"))
@@ -143,7 +145,8 @@ def test_table_2_scoring_switches(trained, tmp_path):
     """S-C1 subtraction, S-C2 non-consistent noise, S-C3 training sigmas change what they say."""
     from omegaconf import OmegaConf
 
-    from mucs_pipeline.attribution.scoring import loss_subtraction, training_bank
+    from mucs_pipeline.attribution.mucs import loss_subtraction
+    from mucs_pipeline.attribution.scoring import training_bank
 
     cfg, data, edm, f1, _ = trained
     # A plain (non-struct) copy: the switches are keys that only ablation files add.

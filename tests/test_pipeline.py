@@ -114,7 +114,7 @@ def test_cli_help_and_cfg_job():
 
 
 def test_report_pools_the_items_of_every_seed(finished):
-    from mucs_pipeline.report import report
+    from mucs_pipeline.evaluation.report import report
 
     tmp, _ = finished
     pipeline.run(make_cfg(tmp, "seed=1"))

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_cfg, read_wandb_run
 
 from mucs_pipeline import pipeline
-from mucs_pipeline.report import find_comparisons, report_comparisons
+from mucs_pipeline.evaluation.report import find_comparisons, report_comparisons
 
 TABLES = [
     "table1_auc",
@@ -87,7 +87,7 @@ def test_report_command_line(runs):
 
 
 def test_offline_wandb_runs_hold_the_tables_and_images(runs, monkeypatch):
-    from mucs_pipeline.report import log_report_wandb
+    from mucs_pipeline.evaluation.report import log_report_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -3,13 +3,8 @@ import torch
 from conftest import make_cfg, perturb
 from omegaconf import OmegaConf
 
-from mucs_pipeline.attribution.scoring import (
-    LossGrid,
-    NoiseBank,
-    loss_matrix,
-    noise_bank,
-    normalized_skew,
-)
+from mucs_pipeline.attribution.mucs import normalized_skew
+from mucs_pipeline.attribution.scoring import LossGrid, NoiseBank, loss_matrix, noise_bank
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.models import EDM
 from mucs_pipeline.training import init_model
@@ -125,13 +120,13 @@ def test_compiled_scoring_agrees_with_eager(tmp_path):
 
 @pytest.mark.parametrize("k_fraction,expected", [(0.02, 12), (0.001, 1)])
 def test_top_k(k_fraction, expected):
-    from mucs_pipeline.stages.retrain import top_k
+    from mucs_pipeline.evaluation.protocol import top_k
 
     assert top_k(600, k_fraction) == expected
 
 
 def test_removal_set_is_union_of_top_k():
-    from mucs_pipeline.stages.retrain import removal_set
+    from mucs_pipeline.evaluation.protocol import removal_set
 
     scores = torch.tensor([[0.9, 0.1, 0.8, 0.0], [0.0, 0.2, 0.95, 0.3]])
     assert removal_set(scores, 2).tolist() == [0, 2, 3]

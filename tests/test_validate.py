@@ -24,7 +24,7 @@ MALFORMED = [
     (["method.lam=abc"], "method.lam='abc': expected a value of type float"),
     (["method.max_steps=0"], "method.max_steps=0: expected an integer > 0"),
     (["method.schedule_fraction=1.5"], "method.schedule_fraction=1.5: expected a fraction in"),
-    (["method.name=nope"], "method.name='nope': expected one of mucs"),
+    (["method.name=nope"], "method.name='nope': expected one of random, condition"),
     (["generate.num_items=0"], "generate.num_items=0: expected an integer > 0"),
     (["generate.num_controls=-2"], "generate.num_controls=-2: expected an integer >= 0"),
     (["seed=-1"], "seed=-1: expected an integer in [0, 92233720368546]"),
@@ -48,6 +48,10 @@ MALFORMED = [
         "generate.cfg_weight=2.0: classifier-free guidance needs a conditional dataset",
     ),
     (["method=dino", "method.weights=/nonexistent.pth"], "method.weights='/nonexistent.pth'"),
+    (  # an ensemble's components need their files too
+        ["method=ensemble", "+method.overrides.dino={weights: /no.pth}"],
+        "method.overrides.dino.weights='/no.pth': no such file (DINOv2 ViT-B/14 weights)",
+    ),
     (
         ["metric=paper", "metric.skip_unavailable=false", "metric.sscd_weights=/no.pt"],
         "metric.sscd_weights='/no.pt': no such file",

@@ -24,10 +24,9 @@ from tqdm import tqdm
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import augment as augmentation
 from mucs_pipeline import rng
-from mucs_pipeline.attribution.base import Context, Method
+from mucs_pipeline.attribution.base import Context, Method, item_losses, select_parameters
 from mucs_pipeline.attribution.gradients import PerSampleGradients
 from mucs_pipeline.attribution.scoring import cached_loss_matrix, loss_matrix, training_bank
-from mucs_pipeline.attribution.unlearn import select_parameters
 
 
 class LossChange(Method):
@@ -42,18 +41,18 @@ class LossChange(Method):
         )
         self.loss_f1 = cached_loss_matrix(ctx, self.bank, key, cfg.score_batch).mean(dim=1)
 
+    @classmethod
+    def cost(cls, cfg, n, m):
+        trained = m * cfg.steps * cfg.ga_draws  # the ascent on each item's draws
+        score = (m + 1) * n * cfg.num_noises  # every ascended copy, plus F1 once
+        return trained + score, m * cfg.steps, trained
+
     def item_loss(self, net, x_hat, c_hat, index: int, step: int) -> torch.Tensor:
         """Mean loss of the generated item over `ga_draws` training-distribution draws."""
         gen = rng.generator(self.name, self.ctx.cfg.seed, index, step)
-        g, dev = self.cfg.ga_draws, self.ctx.device
-        sigma = self.ctx.diffusion.training_sigma(g, gen)
-        noise = torch.randn((g, *x_hat.shape), generator=gen)
-        return self.ctx.diffusion.loss(
-            net,
-            x_hat.expand(g, *x_hat.shape).to(dev),
-            None if c_hat is None else c_hat.expand(g, -1).to(dev),
-            sigma.to(dev),
-            noise.to(dev),
+        ctx = self.ctx
+        return item_losses(
+            net, ctx.diffusion, x_hat, c_hat, self.cfg.ga_draws, gen, ctx.device
         ).mean()
 
     def loss_change(self, net, index: int) -> torch.Tensor:
@@ -96,6 +95,12 @@ class AbU(LossChange):
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)
         self.fisher = self._cached_fisher()
+
+    @classmethod
+    def cost(cls, cfg, n, m):
+        forwards, steps, trained = super().cost(cfg, n, m)
+        fisher = n * cfg.fisher_epochs  # one per-sample gradient per item and epoch
+        return forwards + fisher, steps, trained + fisher
 
     def _cached_fisher(self) -> dict[str, torch.Tensor]:
         ctx, cfg = self.ctx, self.cfg
@@ -146,10 +151,7 @@ def diagonal_fisher(
         gen = rng.generator("fisher", seed, epoch)
         sigma = ctx.diffusion.training_sigma(len(data), gen).reshape(-1, 1)
         noise = torch.randn((len(data), 1, *shape), generator=gen)
-        x = data.x
-        recipe = ctx.cfg.pretrain.augment
-        if augmentation.active(recipe) and recipe.xflip:
-            x = augmentation.hflip(x, augmentation.halves(len(data), gen))
+        x = augmentation.xflip(data.x, ctx.cfg.pretrain.augment, gen)
         chunks = grads(objective, x, data.cond, sigma, noise, chunk)
         for g in tqdm(
             chunks, total=-(-len(data) // chunk), desc=f"fisher epoch {epoch}", leave=False

@@ -56,6 +56,11 @@ class DTRAK(Method):
         self.weights = self.training_weights()
         self.item_features: torch.Tensor | None = None
 
+    @classmethod
+    def cost(cls, cfg, n, m):
+        trained = (n + m) * cfg.num_noises  # one forward and backward per (item, draw)
+        return trained, 0, trained
+
     # -- features -------------------------------------------------------------------
     def objective(self, model, x, cond, sigma, noise) -> torch.Tensor:
         """Mean over draws and pixels of the squared network output (D-TRAK's function)."""

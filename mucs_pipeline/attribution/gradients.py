@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.func import functional_call, grad, vmap
 
-from mucs_pipeline.attribution.unlearn import select_parameters
+from mucs_pipeline.attribution.base import select_parameters
 
 # objective(model, x, cond, sigma, noise) -> scalar, for ONE item x (C, H, W) evaluated at
 # its J draws sigma (J,), noise (J, C, H, W); `model` is called like the network.

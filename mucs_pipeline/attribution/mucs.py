@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import Context, Method
 from mucs_pipeline.attribution.scoring import (
-    SCORE_RULES,
     cached_loss_matrix,
     loss_matrix,
     noise_bank,
@@ -18,8 +19,22 @@ from mucs_pipeline.attribution.unlearn import unlearn
 log = logging.getLogger(__name__)
 
 
+def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (..., |N|) -> (...)."""
+    return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=-1)
+
+
+def loss_subtraction(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
+    """Table 2, S-C1: the plain difference of mean losses, mean(L2) - mean(L1)."""
+    return loss_2.mean(dim=-1) - loss_1.mean(dim=-1)
+
+
+SCORE_RULES = {"skew": normalized_skew, "subtract": loss_subtraction}
+
+
 class MUCS(Method):
     name = "mucs"
+    reference = True
 
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)
@@ -89,3 +104,60 @@ class MUCS(Method):
         f2s, infos = zip(*[self.unlearn(*item) for item in items], strict=True)
         scores = self._losses(list(f2s), f"score items {indices}", reduce=self._skew)  # (k, |Z|)
         return list(zip(scores, infos, strict=True))
+
+    def record(self, infos):
+        return {
+            "steps": torch.tensor([i["steps"] for i in infos]),
+            "hit_max_steps": torch.tensor([i["hit_max_steps"] for i in infos]),
+            "trajectories": [i["trajectory"] for i in infos],
+            "loss_null": self.ctx.loss_null,  # the trajectories' reference line
+        }
+
+    @classmethod
+    def cost(cls, cfg, n, m):
+        per_step = cfg.batch_size + cfg.ga_draws  # L_FT batch and the item's draws
+        trained = m * cfg.max_steps * per_step
+        score = (m + 1) * n * cfg.num_noises  # F2 of every item, plus F1 once
+        return trained + score, m * cfg.max_steps, trained
+
+    @classmethod
+    def summary(cls, cfg, scores):
+        capped = int(scores["hit_max_steps"].sum())
+        if capped:  # one line for the unit, not one per item
+            log.warning(
+                "%s: %d of %d items hit method.max_steps=%d before L_GA >= %g * L_null "
+                "(recorded as hit_max_steps; see trajectories.png)",
+                cfg.name, capped, len(scores["steps"]), cfg.max_steps, cfg.stop_ratio,
+            )  # fmt: skip
+        return {
+            "unlearn_steps_mean": scores["steps"].float().mean().item(),
+            "hit_max_steps": capped,
+        }
+
+    @classmethod
+    def figures(cls, cfg, scores, folder, prefix=""):
+        """Each item's unlearning losses against L_null and the stop line."""
+        from mucs_pipeline.evaluation.figures import trajectories
+
+        path = folder / f"{prefix}trajectories.png"
+        trajectories(scores["trajectories"], scores["loss_null"], path, cfg.get("stop_ratio", 0.95))
+        return [path]
+
+    @classmethod
+    def log_wandb(cls, run, scores):
+        """Per-item unlearning curves (x = unlearning step); steps, cap hits, final L_GA."""
+        loss_null = scores["loss_null"]
+        run.summary["loss_null"] = loss_null
+        run.define_metric("unlearn/step")
+        run.define_metric("unlearn/*", step_metric="unlearn/step")
+        for i, curve in enumerate(scores["trajectories"]):
+            for step, (l_ft, l_ga) in enumerate(curve.tolist()):
+                run.log({"unlearn/step": step, f"unlearn/item{i}/L_FT": l_ft,
+                         f"unlearn/item{i}/L_GA": l_ga, "unlearn/L_null": loss_null})  # fmt: skip
+        final = [float(curve[-1, 1]) for curve in scores["trajectories"]]
+        return {
+            "steps": [int(s) for s in scores["steps"]],
+            "hit_max_steps": [bool(h) for h in scores["hit_max_steps"]],
+            "final_L_GA": final,
+            "final_L_GA / L_null": [f / loss_null for f in final],
+        }

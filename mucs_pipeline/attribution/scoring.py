@@ -240,16 +240,3 @@ def cached_loss_matrix(
         ),
         mmap=True,  # on reuse, scoring reads the rows of one batch at a time
     )  # fmt: skip
-
-
-def normalized_skew(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 3: mean over pairs of (L2 - L1) / (|L2| + |L1| + eps); (..., |N|) -> (...)."""
-    return ((loss_2 - loss_1) / (loss_2.abs() + loss_1.abs() + eps)).mean(dim=-1)
-
-
-def loss_subtraction(loss_1: torch.Tensor, loss_2: torch.Tensor, eps: float) -> torch.Tensor:
-    """Table 2, S-C1: the plain difference of mean losses, mean(L2) - mean(L1)."""
-    return loss_2.mean(dim=-1) - loss_1.mean(dim=-1)
-
-
-SCORE_RULES = {"skew": normalized_skew, "subtract": loss_subtraction}

@@ -112,6 +112,10 @@ class EncoderMethod(CosineMethod):
     def load_encoder(self, cfg) -> torch.nn.Module:
         raise NotImplementedError
 
+    @classmethod
+    def cost(cls, cfg, n, m):
+        return n + m, 0, 0  # one encoder forward per image
+
     def embed(self, x):
         return self.encoder(x)
 
@@ -131,6 +135,10 @@ class DINO(EncoderMethod):
     """Cosine in DINOv2 ViT-B/14 class-token space."""
 
     name = "dino"
+
+    @classmethod
+    def weight_files(cls, cfg):
+        return {"weights": "DINOv2 ViT-B/14 weights"}
 
     def load_encoder(self, cfg):
         from mucs_pipeline.pretrained import dino_encoder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
 import warnings
 
@@ -13,19 +12,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from mucs_pipeline import rng
+from mucs_pipeline.attribution.base import item_losses, select_parameters
 from mucs_pipeline.data import ImageData
 from mucs_pipeline.models import Diffusion
 from mucs_pipeline.training import NonFiniteLossError, Steps, make_trainer, training_losses
 
 log = logging.getLogger(__name__)
-
-
-def select_parameters(net: torch.nn.Module, patterns: list[str]) -> list[str]:
-    """Names of the parameters matched by the glob patterns (C4: the MLP weights)."""
-    names = [n for n, _ in net.named_parameters() if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    if not names:
-        raise ValueError(f"method.params={list(patterns)} matches no parameter of the network")
-    return names
 
 
 class ScheduleDraws:
@@ -85,22 +77,15 @@ class Unlearning(L.LightningModule):
     def training_step(self, _batch: int, _batch_idx: int) -> torch.Tensor:
         step, dev = self.global_step, self.device
         gen = rng.generator("unlearn", *self.stream, step)
-        n, shape = len(self.data), self.data.x.shape[1:]
+        n = len(self.data)
         b = min(self.cfg.batch_size, n)
         idx = torch.randperm(n, generator=gen)[:b]  # z uniformly without replacement
         # Each training item with its own condition, not augmented (the network is in eval
         # mode: no dropout), as the release unlearns; the rest of C3's recipe is kept.
         loss_ft = training_losses(self.net, self.diffusion, self.data, idx, gen, dev).mean()
-        g = self.cfg.ga_draws  # independent (sigma, n) draws for the generated item
-        sigma_g = self.diffusion.training_sigma(g, gen)
-        noise_g = torch.randn((g, *shape), generator=gen)
-        c_hat = None if self.c_hat is None else self.c_hat.expand(g, -1).to(dev)
-        loss_hat = self.diffusion.loss(
-            self.net,
-            self.x_hat.expand(g, *shape).to(dev),
-            c_hat,
-            sigma_g.to(dev),
-            noise_g.to(dev),
+        # The generated item at ga_draws independent (sigma, n) draws, with its condition.
+        loss_hat = item_losses(
+            self.net, self.diffusion, self.x_hat, self.c_hat, self.cfg.ga_draws, gen, dev
         )
         if self.cfg.clamp:
             loss_hat = loss_hat.clamp(max=self.loss_null)  # min(L(z_hat), L_null)

@@ -1,1 +1,2 @@
-"""Similarity metrics, statistics and reports of the leave-k-out evaluation."""
+"""The leave-k-out evaluation: its protocol (top-k, removal, result rows), similarity
+metrics, statistics, tables, figures and the report."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 from scipy.stats import mannwhitneyu, sem
 from scipy.stats import t as t_dist
 from sklearn.metrics import roc_auc_score
@@ -49,13 +48,6 @@ def normalized_difference(sim_method: np.ndarray, sim_random: np.ndarray) -> tup
     """
     median = np.median(sim_random)
     return mean_ci(100 * (np.asarray(sim_method, float) - median) / abs(median))
-
-
-def top_k_sets(scores: torch.Tensor, k: int, seed: int = 0) -> list[set[int]]:
-    """Each generated item's top-k training items, ties broken as the retrain stage does."""
-    from mucs_pipeline.stages.retrain import top_k_indices
-
-    return [set(row.tolist()) for row in top_k_indices(scores, k, seed)]
 
 
 def pair_overlaps(sets: list[set[int]], k: int) -> list[float]:

@@ -26,13 +26,13 @@ class DDPM(Diffusion):
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self.alpha_bar.to(t.device)[t.long()]
 
-    def predict(self, net, x, sigma, cond):
+    def predict(self, net, x, cond, sigma):
         """The predicted noise epsilon(x_t, t)."""
         return net(x.float(), sigma.float().reshape(-1) / self.T, cond).float()
 
     def output(self, net, x, cond, sigma, noise):
         a = self.alpha(sigma).float().reshape(-1, 1, 1, 1)
-        return self.predict(net, a.sqrt() * x + (1 - a).sqrt() * noise, sigma, cond)
+        return self.predict(net, a.sqrt() * x + (1 - a).sqrt() * noise, cond, sigma)
 
     def loss(self, net, x, cond, sigma, noise):
         """||n - F(sqrt(alpha) x + sqrt(1 - alpha) n, t)||^2, mean over pixels (paper Sec. 2.1)."""
@@ -54,7 +54,7 @@ class DDPM(Diffusion):
         for i, t in enumerate(steps):
             a_t = self.alpha(t)
             a_prev = self.alpha(steps[i + 1]) if i + 1 < len(steps) else torch.ones_like(a_t)
-            eps = self.guided(net, x, t, cond, cfg_weight)
+            eps = self.guided(net, x, cond, t, cfg_weight)
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
             if self.clip_denoised:
                 # Re-derive the noise from the clipped x0 (as diffusers' DDIM does): stepping

@@ -1,7 +1,9 @@
 """The interface every diffusion variant implements, so that every method runs on all of them.
 
 A variant names its noise level `sigma` whatever it is (EDM's sigma, DDPM's timestep,
-flow matching's time); methods only pass it through, with the noise, to `loss`.
+flow matching's time); methods only pass it through, with the noise, to `loss`. Every
+call takes its arguments in one order, (net, x, cond, sigma[, noise]): the paper's
+M(x, c, sigma, n) of App. A.1.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class Diffusion:
     name = ""
 
     def predict(
-        self, net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None
+        self, net: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, sigma: torch.Tensor
     ) -> torch.Tensor:
         """The model's prediction in this variant's parameterisation, float32."""
         raise NotImplementedError
@@ -70,16 +72,16 @@ class Diffusion:
         self,
         net: nn.Module,
         x: torch.Tensor,
-        sigma: torch.Tensor,
         cond: torch.Tensor | None,
+        sigma: torch.Tensor,
         cfg_weight: float,
     ) -> torch.Tensor:
         """Classifier-free guided prediction at one level, float64; every channel is guided."""
         level = sigma.expand(x.shape[0])
         if cond is None or cfg_weight == 1.0:
-            return self.predict(net, x, level, cond).double()
+            return self.predict(net, x, cond, level).double()
         both = self.predict(
-            net, torch.cat([x, x]), torch.cat([level, level]), torch.cat([cond, 0 * cond])
+            net, torch.cat([x, x]), torch.cat([cond, 0 * cond]), torch.cat([level, level])
         ).double()
         pred_cond, pred_uncond = both.chunk(2)  # the null condition is the zero vector
         return pred_uncond + cfg_weight * (pred_cond - pred_uncond)

@@ -34,7 +34,7 @@ class EDM(Diffusion):
         c_noise = sigma.log() / 4
         return c_skip, c_out, c_in, c_noise
 
-    def predict(self, net, x, sigma, cond):
+    def predict(self, net, x, cond, sigma):
         """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise), in float32."""
         x = x.float()
         sigma = sigma.float().reshape(-1)
@@ -47,7 +47,7 @@ class EDM(Diffusion):
 
     def loss(self, net, x, cond, sigma, noise):
         """Weighted squared error of the denoiser, mean over pixels -> (N,)."""
-        D_x = self.predict(net, x + sigma.reshape(-1, 1, 1, 1) * noise, sigma, cond)
+        D_x = self.predict(net, x + sigma.reshape(-1, 1, 1, 1) * noise, cond, sigma)
         err = (D_x - x).square().flatten(1).mean(dim=1)  # (N,)
         return self.loss_weight(sigma) * err
 
@@ -75,9 +75,9 @@ class EDM(Diffusion):
         x_next = latents.double() * t_steps[0]
         for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
             x_cur = x_next
-            d_cur = (x_cur - self.guided(net, x_cur, t_cur, cond, cfg_weight)) / t_cur
+            d_cur = (x_cur - self.guided(net, x_cur, cond, t_cur, cfg_weight)) / t_cur
             x_next = x_cur + (t_next - t_cur) * d_cur
             if i < num_steps - 1:  # 2nd-order correction
-                d_prime = (x_next - self.guided(net, x_next, t_next, cond, cfg_weight)) / t_next
+                d_prime = (x_next - self.guided(net, x_next, cond, t_next, cfg_weight)) / t_next
                 x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
         return x_next.float()

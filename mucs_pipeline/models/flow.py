@@ -17,13 +17,13 @@ class Flow(Diffusion):
             raise ValueError(f"diffusion.solver={solver!r}: expected 'euler' or 'heun'")
         self.t_mean, self.t_std, self.solver = t_mean, t_std, solver
 
-    def predict(self, net, x, sigma, cond):
+    def predict(self, net, x, cond, sigma):
         """The predicted velocity v(x_t, t)."""
         return net(x.float(), sigma.float().reshape(-1), cond).float()
 
     def output(self, net, x, cond, sigma, noise):
         t = sigma.float().reshape(-1, 1, 1, 1)
-        return self.predict(net, (1 - t) * x + t * noise, sigma, cond)
+        return self.predict(net, (1 - t) * x + t * noise, cond, sigma)
 
     def loss(self, net, x, cond, sigma, noise):
         """||(n - x) - F(x_t, t)||^2, mean over pixels."""
@@ -46,10 +46,10 @@ class Flow(Diffusion):
         ts = ts.to(latents.device)
         x = latents.double()
         for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
-            v = self.guided(net, x, t_cur, cond, cfg_weight)
+            v = self.guided(net, x, cond, t_cur, cfg_weight)
             x_next = x + (t_next - t_cur) * v
             if self.solver == "heun" and i < num_steps - 1:
-                v_next = self.guided(net, x_next, t_next, cond, cfg_weight)
+                v_next = self.guided(net, x_next, cond, t_next, cfg_weight)
                 x_next = x + (t_next - t_cur) * 0.5 * (v + v_next)
             x = x_next
         return x.float()

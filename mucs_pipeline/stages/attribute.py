@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
@@ -14,8 +13,6 @@ from mucs_pipeline.attribution import Context, build_method
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common, null_loss
 from mucs_pipeline.terminal import Progress
-
-log = logging.getLogger(__name__)
 
 
 def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
@@ -72,84 +69,58 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         "seconds": torch.tensor([r["seconds"] for r in results]),  # (m,) per-item wall time
         "setup_seconds": setup_seconds,  # shared work; amortised cost = setup / m + seconds
     }
-    if "steps" in results[0]:
-        out["steps"] = torch.tensor([r["steps"] for r in results])
-        out["hit_max_steps"] = torch.tensor([r["hit_max_steps"] for r in results])
-        out["trajectories"] = [r["trajectory"] for r in results]
-        out["loss_null"] = ctx.loss_null  # the trajectories' reference line
+    out.update(scorer.record(results))  # what the method records beside its scores
     io.atomic_save(out, folder / "scores.pt")
     metrics = {
         "seconds_per_item": out["seconds"].mean().item(),
         "setup_seconds": setup_seconds,
         "amortised_seconds_per_item": out["seconds"].mean().item() + setup_seconds / m,
     }
-    if "steps" in out:
-        metrics["unlearn_steps_mean"] = out["steps"].float().mean().item()
-        metrics["hit_max_steps"] = int(out["hit_max_steps"].sum())
-        if metrics["hit_max_steps"]:  # one line for the unit, not one per item
-            log.warning(
-                "%s: %d of %d items hit method.max_steps=%d before L_GA >= %g * L_null "
-                "(recorded as hit_max_steps; see trajectories.png)",
-                method, metrics["hit_max_steps"], m, mc.max_steps, mc.stop_ratio,
-            )  # fmt: skip
-    figures(cfg, mc, data, items, out, folder)
-    log_wandb(cfg, layout, method, items, out, metrics, folder)
+    metrics.update(scorer.summary(mc, out))
+    paths = [top_k_figure(cfg, mc, data, items, out, folder), *scorer.figures(mc, out, folder)]
+    log_wandb(cfg, layout, method, scorer, items, out, metrics, paths)
     return metrics
 
 
-def figures(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out: dict, folder):
-    """top_k.png (each generated item next to its most influential training items) and,
-    for MUCS, trajectories.png (unlearning losses against L_null and the stop line)."""
+def top_k_figure(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out: dict, folder):
+    """top_k.png: each generated item next to its most influential training items."""
     from mucs_pipeline.evaluation import figures as fig
-    from mucs_pipeline.stages.retrain import top_k_indices
+    from mucs_pipeline.evaluation.protocol import top_k_indices
 
     n_items, n_top = min(8, len(items["images"])), min(8, out["scores"].shape[1])
     top = top_k_indices(out["scores"][:n_items], n_top, cfg.seed)
+    path = folder / "top_k.png"
     fig.save_grid(
         [torch.cat([items["images"][i : i + 1], data.x[top[i]]]) for i in range(n_items)],
-        folder / "top_k.png",
+        path,
         [f"item {i}" for i in range(n_items)],
         [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
         title=f"{method_cfg.name}: each generated item and its top-{n_top} training items",
     )  # fmt: skip
-    if "trajectories" in out:
-        fig.trajectories(
-            out["trajectories"], out["loss_null"], folder / "trajectories.png",
-            method_cfg.get("stop_ratio", 0.95),
-        )  # fmt: skip
+    return path
 
 
-def log_wandb(cfg, layout: Layout, method: str, items: dict, out: dict, metrics: dict, folder):
-    """The attribute unit's W&B run: per-item unlearning curves (x = unlearning step), steps,
-    cap hits and seconds as a table, the top-k grid and the trajectories figure."""
+def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, figures):
+    """The attribute unit's W&B run: the unit's numbers, a table of the items (seed,
+    seconds and the method's own columns), the method's curves and the figures."""
     from mucs_pipeline import tracking
 
-    run = tracking.init(cfg, layout, "attribute", method, folder)
+    run = tracking.init(cfg, layout, "attribute", method, figures[0].parent)
     if run is None:
         return
     import wandb
 
     run.summary.update(metrics)
-    columns = ["item", "seed", "seconds"]
-    data = [
-        [i, int(items["seeds"][i]), float(out["seconds"][i])] for i in range(len(out["seconds"]))
-    ]
-    if "trajectories" in out:
-        loss_null = out["loss_null"]
-        run.summary["loss_null"] = loss_null
-        run.define_metric("unlearn/step")
-        run.define_metric("unlearn/*", step_metric="unlearn/step")
-        for i, curve in enumerate(out["trajectories"]):
-            for step, (l_ft, l_ga) in enumerate(curve.tolist()):
-                run.log({"unlearn/step": step, f"unlearn/item{i}/L_FT": l_ft,
-                         f"unlearn/item{i}/L_GA": l_ga, "unlearn/L_null": loss_null})  # fmt: skip
-        columns += ["steps", "hit_max_steps", "final_L_GA", "final_L_GA / L_null"]
-        for i, row in enumerate(data):
-            final = float(out["trajectories"][i][-1, 1])
-            row += [int(out["steps"][i]), bool(out["hit_max_steps"][i]), final, final / loss_null]
-        run.log({"trajectories": wandb.Image(str(folder / "trajectories.png"))})
-    run.log({"items": wandb.Table(columns=columns, data=data)})
-    run.log({"top_k": wandb.Image(str(folder / "top_k.png"))})
+    table = {
+        "item": list(range(len(out["seconds"]))),
+        "seed": [int(s) for s in items["seeds"]],
+        "seconds": [float(s) for s in out["seconds"]],
+        **scorer.log_wandb(run, out),
+    }
+    rows = [list(row) for row in zip(*table.values(), strict=True)]
+    run.log({"items": wandb.Table(columns=list(table), data=rows)})
+    for path in figures:
+        run.log({path.stem: wandb.Image(str(path))})
     run.finish()
 
 

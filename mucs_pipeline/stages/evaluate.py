@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -12,90 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation.figures import save_grid, similarity_distributions
 from mucs_pipeline.evaluation.metrics import similarities
-from mucs_pipeline.evaluation.stats import compare, compare_two_sided, normalized_difference
+from mucs_pipeline.evaluation.protocol import COLUMNS, result_rows, top_k, write_results
 from mucs_pipeline.layout import BASELINE, Layout
 from mucs_pipeline.stages import common
-from mucs_pipeline.stages.retrain import top_k
 
 log = logging.getLogger(__name__)
-
-COLUMNS = [
-    "method",
-    "metric",
-    "subset",
-    "auc",
-    "p_value",
-    "n_items",
-    "significant",
-    "mean_similarity",
-    "mean_similarity_random",
-    "num_removed",
-    "num_removed_random",
-    "diff_pct",
-    "diff_ci",
-]
-
-
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def result_rows(
-    method: str,
-    sims: dict[str, dict[str, dict]],
-    metric_names: list[str],
-    alpha: float,
-    removed: dict[str, int],
-) -> list[dict]:
-    """One row per (metric, subset) from {subset: {method or random: {metric: (N,)}}}.
-
-    `removed`: training items each retrain removed (summed over pooled runs), per method.
-    """
-    rows = []
-    for subset, by_method in sims.items():
-        for metric in metric_names:
-            s_m = by_method[method][metric].numpy()
-            s_r = by_method[BASELINE][metric].numpy()
-            # Targets: did removal lower similarity (one-sided)? Controls: did it change at all?
-            auc, p = (compare if subset == "target" else compare_two_sided)(s_m, s_r)
-            diff, ci = normalized_difference(s_m, s_r)
-            rows.append(
-                {
-                    "method": method,
-                    "metric": metric,
-                    "subset": subset,
-                    "auc": auc,
-                    "p_value": p,
-                    "n_items": len(s_m),
-                    "significant": p < alpha,
-                    "mean_similarity": float(s_m.mean()),
-                    "mean_similarity_random": float(s_r.mean()),
-                    "num_removed": removed[method],
-                    "num_removed_random": removed[BASELINE],
-                    "diff_pct": diff,  # App. B.1, % (negative: more change than random)
-                    "diff_ci": ci,  # half-width of its 95% confidence interval
-                }
-            )
-    return rows
-
-
-def write_tables(rows: list[dict], folder: Path) -> str:
-    """results.csv and results.md in `folder`; returns the Markdown table."""
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    io.atomic_write(folder / "results.csv", write_csv)
-    table = markdown_table(rows)
-    io.atomic_write_text(folder / "results.md", table)
-    return table
 
 
 def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
@@ -115,7 +35,7 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
     # Metrics skipped for missing weights (metric.skip_unavailable) are absent from sims.
     names = [n for n in cfg.metric.names if n in sims["target"][cfg.method.name]]
     rows = result_rows(cfg.method.name, sims, names, cfg.evaluate.alpha, removed)
-    write_tables(rows, folder)
+    write_results(rows, folder, f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}")
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,

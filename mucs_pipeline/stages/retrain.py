@@ -6,30 +6,10 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import rng
+from mucs_pipeline.evaluation.protocol import removal_set, top_k
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
-
-
-def top_k(num_items: int, k_fraction: float) -> int:
-    return max(1, round(k_fraction * num_items))
-
-
-def top_k_indices(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """(m, k) indices of each generated item's k highest-scored training items.
-
-    Ties (Condition's one-hot cosines are all 0 or 1) are broken in a seeded random order,
-    not by index, so that a tied top-k is a random draw from the tied items.
-    """
-    order = torch.randperm(scores.shape[1], generator=rng.generator("tie-break", seed))
-    ranked = torch.sort(scores[:, order], dim=1, descending=True, stable=True).indices
-    return order[ranked[:, :k]]
-
-
-def removal_set(scores: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Sorted union over generated items of each item's k highest-scored training items."""
-    return top_k_indices(scores, k, seed).flatten().unique()
 
 
 def retrain(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:

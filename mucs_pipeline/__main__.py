@@ -28,7 +28,7 @@ def app(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from mucs_pipeline import tracking
-    from mucs_pipeline.layout import drop_settings_set_on_the_method
+    from mucs_pipeline.method_settings import drop_settings_set_on_the_method
     from mucs_pipeline.pipeline import run
 
     hydra_cfg = HydraConfig.get()

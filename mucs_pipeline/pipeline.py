@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import terminal
-from mucs_pipeline.layout import STAGES, Layout, apply_method_settings
+from mucs_pipeline.layout import STAGES, Layout
+from mucs_pipeline.method_settings import apply_method_settings
 from mucs_pipeline.validate import check_training_set, validate
 
 log = logging.getLogger(__name__)

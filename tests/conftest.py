@@ -62,7 +62,10 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """The real config with `debug=micro`, writing under tmp_path, its `method_settings`
     applied as a run applies them. A model chosen with `model=` keeps its own size."""
-    from mucs_pipeline.layout import apply_method_settings, drop_settings_set_on_the_method
+    from mucs_pipeline.method_settings import (
+        apply_method_settings,
+        drop_settings_set_on_the_method,
+    )
 
     overrides = (*MICRO, f"paths.runs_dir={tmp_path}", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

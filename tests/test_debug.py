@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import METHODS
-from mucs_pipeline.layout import Layout, apply_method_settings
+from mucs_pipeline.layout import Layout
+from mucs_pipeline.method_settings import apply_method_settings
 from mucs_pipeline.validate import validate
 
 

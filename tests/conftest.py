@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -23,12 +23,31 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 MICRO = ["debug=micro", "logger=csv", "trainer.progress_bar=false"]
 
 
+def micro(overrides) -> list[str]:
+    """MICRO for these overrides. Hydra applies `+experiment=` after `debug=micro`, so an
+    experiment's values would win over debug's: with one, debug's values (bar
+    method_settings, which no experiment sets) also go on the command line, which wins."""
+    if not any(o.startswith("+experiment=") for o in overrides):
+        return MICRO
+    debug = OmegaConf.to_container(OmegaConf.load(CONF / "debug" / "micro.yaml"))
+    debug.pop("method_settings")
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={json.dumps(value)}"
+
+    return [*MICRO, *leaves(debug)]
+
+
 def cli_command(runs: Path, *args: str) -> list[str]:
     """`python -m mucs_pipeline` with the micro settings, writing under `runs`."""
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags come before overrides
     overrides = [a for a in args if not a.startswith("-")]
-    return [sys.executable, "-m", "mucs_pipeline", *flags, *MICRO, f"paths.runs_dir={runs}",
-            *overrides]  # fmt: skip
+    return [sys.executable, "-m", "mucs_pipeline", *flags, *micro(overrides),
+            f"paths.runs_dir={runs}", *overrides]  # fmt: skip
 
 
 def run_cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
@@ -43,7 +62,7 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
     from mucs_pipeline.__main__ import main
 
     monkeypatch.setattr(
-        sys, "argv", ["mucs_pipeline", *MICRO, f"paths.runs_dir={runs}", *overrides]
+        sys, "argv", ["mucs_pipeline", *micro(overrides), f"paths.runs_dir={runs}", *overrides]
     )
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # what main() sets, undone after the test
     capsys.readouterr()
@@ -67,7 +86,7 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
         drop_settings_set_on_the_method,
     )
 
-    overrides = (*MICRO, f"paths.runs_dir={tmp_path}", *overrides)
+    overrides = (*micro(overrides), f"paths.runs_dir={tmp_path}", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
         if any(o.startswith("model=") for o in overrides):  # not debug=micro's tiny DiT

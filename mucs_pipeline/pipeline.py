@@ -14,6 +14,7 @@ from mucs_pipeline import terminal
 from mucs_pipeline.layout import STAGES, Layout
 from mucs_pipeline.method_settings import apply_method_settings
 from mucs_pipeline.validate import check_training_set, validate
+from mucs_pipeline.weights import init_from, load_init
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def run(cfg: DictConfig) -> dict:
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
     data = common.dataset(cfg)  # read first: an unreadable image stops the run before compute
+    if init_from(cfg) is not None:
+        load_init(cfg, data)  # a network of another architecture stops the run here
     if "retrain" in cfg.stages:
         check_training_set(cfg, len(data))
     if cfg.plan:

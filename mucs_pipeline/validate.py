@@ -263,6 +263,12 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
             f"dataset.root={root!r}: no such folder (see README, 'The paper's experiments', "
             "for what to download and where)"
         )
+    init = _get(cfg, "pretrain.init_from")
+    if init is not None and not Path(str(init)).expanduser().is_file():
+        problems.append(
+            f"pretrain.init_from={init!r}: no such file; expected a trained network "
+            "(this project's ema.pt, a Lightning .ckpt or a .safetensors file)"
+        )
     metric = cfg.get("metric", {})
     names = metric.get("names") or []
     if not metric.get("skip_unavailable", False):

@@ -31,6 +31,10 @@ def run(cfg: DictConfig) -> dict:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
+    if cfg.get("query") is not None:  # +query=folder: the user's images, no retraining
+        from mucs_pipeline import query
+
+        return {"query": query.run(cfg)}
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 

@@ -117,6 +117,7 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
             "an integer in [0, 2**63)",
         ),
         ("generate.num_items", *positive_int),
+        ("query.top_k", *positive_int),
         ("generate.num_controls", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         ("generate.num_steps", *positive_int),
         ("generate.batch_size", *positive_int),

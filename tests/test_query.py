@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import run_main, write_coco
+from conftest import MICRO, make_cfg, run_main, write_coco
 from PIL import Image
 
 QUERY = "+query=folder"
@@ -143,8 +143,6 @@ def test_a_coco_query_without_a_caption_exits_2_with_one_line(tmp_path, monkeypa
 
 
 def test_a_mismatched_checkpoint_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
-    from conftest import make_cfg
-
     from mucs_pipeline.data import build_dataset
     from mucs_pipeline.training import init_model
 
@@ -156,3 +154,49 @@ def test_a_mismatched_checkpoint_exits_2_with_one_line(tmp_path, monkeypatch, ca
         f"pretrain.init_from={tmp_path / 'f1.pt'}",
     )  # fmt: skip
     assert "blocks.2." in line and "which the network has not" in line
+
+
+def test_the_python_api_returns_the_clis_scores(tmp_path, monkeypatch, capsys):
+    from mucs_pipeline.api import load
+    from mucs_pipeline.stages.common import dataset
+
+    data = dataset(make_cfg(tmp_path))
+    for j in (3, 50):
+        save_png(data.x[j], tmp_path / "q" / str(int(data.labels[j])) / f"z{j}.png")
+    code, err = run_main(
+        monkeypatch, capsys, tmp_path / "cli", QUERY, f"query.root={tmp_path / 'q'}",
+        "query.top_k=3", "trainer.threads=1",
+    )  # fmt: skip
+    assert code == 0, err
+    cli = [(r["query"], int(r["rank"]), int(r["train_index"]), float(r["score"]))
+           for r in read_csv(tmp_path / "cli", "mucs")]  # fmt: skip
+    # Computed anew in another runs folder (F1, L_null, the scores), from a folder and from files.
+    run = load(*MICRO, f"paths.runs_dir={tmp_path / 'api'}", "trainer.threads=1")
+    for images in (tmp_path / "q", sorted((tmp_path / "q").rglob("*.png"))):
+        rows = run.attribute(images, method="mucs", top_k=3)
+        assert [(r["query"], r["rank"], r["train_index"], r["score"]) for r in rows] == cli
+    assert (run.folder / "attributions.csv").exists()
+    # A tensor of images with their classes: pixel's top item is the image itself.
+    x = run.data.x[[3, 50]]
+    rows = run.attribute(x, method="pixel", top_k=1, labels=data.labels[[3, 50]].tolist())
+    assert [r["train_index"] for r in rows] == [3, 50] and rows[0]["query"] == "image 0"
+
+
+def test_a_coco_query_is_conditioned_on_its_caption(tmp_path, monkeypatch, capsys):
+    """Condition attribution ranks the training image whose caption is the query's first."""
+    write_coco(tmp_path / "coco", "train2017", 5)
+    write_coco(tmp_path / "coco", "val2017", 3)
+    (tmp_path / "q").mkdir()
+    Image.new("RGB", (64, 64), color=(0, 0, 0)).save(tmp_path / "q" / "black.jpg")
+    (tmp_path / "captions.csv").write_text("file,caption\nblack.jpg,picture 3 caption 0\n")
+    runs = tmp_path / "runs"
+    code, err = run_main(
+        monkeypatch, capsys, runs, QUERY, f"query.root={tmp_path / 'q'}", "method=condition",
+        f"query.captions={tmp_path / 'captions.csv'}", "query.top_k=2", "trainer.threads=1",
+        "dataset=coco", f"dataset.root={tmp_path / 'coco'}", "dataset.clip_pretrained=null",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+    )  # fmt: skip
+    assert code == 0, err
+    top = read_csv(runs, "condition")[0]
+    assert top["query_condition"] == top["train_condition"] == "picture 3 caption 0"
+    assert top["train_item"] == str(tmp_path / "coco" / "train2017" / "000000000003.jpg")

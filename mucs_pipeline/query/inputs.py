@@ -137,15 +137,19 @@ def labels_for(q: DictConfig, root: Path, files: list[Path]) -> list[str]:
 
 
 def load_queries(
-    cfg: DictConfig, root: Path, files: list[Path], data: ImageData, captions=None
+    cfg: DictConfig, root: Path, files: list[Path], data: ImageData, captions=None, labels=None
 ) -> Queries:
     """The images at `files`, loaded as training images are (center-cropped, resized to
-    the training resolution, with a warning when they are not that size already)."""
+    the training resolution, with a warning when they are not that size already); their
+    classes `labels`, else as `labels_for` finds them."""
     side, channels = data.x.shape[-1], data.x.shape[1]
     sizes = {}
     for path in files:
-        with Image.open(path) as img:
-            sizes[path] = img.size
+        try:
+            with Image.open(path) as img:
+                sizes[path] = img.size
+        except OSError as err:
+            raise DatasetError(f"query {path}: not a readable image ({err})") from None
     other = [p for p in files if sizes[p] != (side, side)]
     if other:
         w, h = sizes[other[0]]
@@ -156,8 +160,7 @@ def load_queries(
         )  # fmt: skip
     images = torch.stack([load_image(p, side, channels) for p in files])
     names = [p.relative_to(root).as_posix() for p in files]
-    labels = None
-    if data.cond is not None and captions is None:
+    if labels is None and data.cond is not None and captions is None:
         labels = labels_for(cfg.query, root, files)
     return make_queries(cfg, data, names, images, labels, captions)
 

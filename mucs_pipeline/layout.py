@@ -22,6 +22,7 @@ from mucs_pipeline import config_dirs
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.method_settings import with_method_settings
+from mucs_pipeline.prompts import generate_recipe
 from mucs_pipeline.weights import pretrain_recipe
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ GRAPH = (
     ),
     Stage(
         "generate",
-        key=lambda lay, m: (lay.key("pretrain"), lay.cfg.generate),
+        key=lambda lay, m: (lay.key("pretrain"), generate_recipe(lay.cfg)),
         reads=lambda lay, m: [("pretrain", None)],
     ),
     Stage(
@@ -192,8 +193,8 @@ class Layout:
         the config minus the method and the seed."""
         c = self.cfg
         return io.config_hash(
-            c.name, c.dataset, c.model, c.diffusion, pretrain_recipe(c), c.generate, c.null_loss,
-            c.retrain, c.evaluate, c.metric,
+            c.name, c.dataset, c.model, c.diffusion, pretrain_recipe(c), generate_recipe(c),
+            c.null_loss, c.retrain, c.evaluate, c.metric,
         )  # fmt: skip
 
     def experiment_key(self) -> str:

@@ -13,6 +13,7 @@ from mucs_pipeline import distributed as dist
 from mucs_pipeline import terminal
 from mucs_pipeline.layout import STAGES, Layout
 from mucs_pipeline.method_settings import apply_method_settings
+from mucs_pipeline.prompts import apply_prompts
 from mucs_pipeline.validate import check_training_set, validate
 from mucs_pipeline.weights import init_from, load_init
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     apply_method_settings(cfg)  # method_settings: each method takes the keys it has
+    apply_prompts(cfg)  # generate.captions (COCO prompt mode): the attributed items' captions
     validate(cfg)  # before anything is computed or written; ConfigError lists the problems
     terminal.warnings_once()
     if cfg.trainer.threads:

@@ -31,7 +31,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     from mucs_pipeline import conf_dir
-    from mucs_pipeline.layout import apply_method_settings, drop_settings_set_on_the_method
+    from mucs_pipeline.method_settings import apply_method_settings, drop_settings_set_on_the_method
     from mucs_pipeline.validate import validate
 
     if not any(o.lstrip("+").startswith("query=") for o in overrides):

@@ -61,7 +61,7 @@ def records(
     cfg: DictConfig, data: ImageData, target: dict, scores: torch.Tensor, method: str, top_k: int
 ) -> list[dict]:
     """One record per (query, rank) for the `top_k` highest-scored training items."""
-    from mucs_pipeline.stages.retrain import top_k_indices
+    from mucs_pipeline.evaluation.protocol import top_k_indices
 
     ids, conditions = training_items(cfg, data)
     top = top_k_indices(scores, min(top_k, scores.shape[1]), cfg.seed)

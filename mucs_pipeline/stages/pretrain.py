@@ -1,4 +1,5 @@
-"""Pretrain F1 (resumable Lightning checkpoint; the EMA weights are F1)."""
+"""Pretrain F1 (resumable Lightning checkpoint; the EMA weights are F1), or take it from
+`pretrain.init_from`."""
 
 from __future__ import annotations
 

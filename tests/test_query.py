@@ -200,3 +200,24 @@ def test_a_coco_query_is_conditioned_on_its_caption(tmp_path, monkeypatch, capsy
     top = read_csv(runs, "condition")[0]
     assert top["query_condition"] == top["train_condition"] == "picture 3 caption 0"
     assert top["train_item"] == str(tmp_path / "coco" / "train2017" / "000000000003.jpg")
+
+
+def test_plan_true_lists_the_query_units_and_computes_nothing(tmp_path):
+    from mucs_pipeline import pipeline
+    from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.training import init_model
+
+    cfg = make_cfg(tmp_path / "runs", QUERY, f"query.root={tmp_path / 'q'}", "plan=true")
+    torch.save(init_model(cfg, build_dataset(cfg.dataset), 0).state_dict(), tmp_path / "f1.pt")
+    save_png(torch.zeros(1, 8, 8), tmp_path / "q" / "3" / "x.png")
+    cfg.pretrain.init_from = str(tmp_path / "f1.pt")
+    rows = pipeline.run(cfg)["query"]["plan"]
+    assert [(r["stage"], r["method"]) for r in rows] == [
+        ("pretrain", ""),
+        ("null_loss", ""),
+        ("query", ""),
+        ("attribute", "mucs"),
+    ]
+    assert rows[0]["forwards"] == 0 and rows[3]["forwards"] > 0  # F1 is read, not trained
+    assert all(r["state"] == "run" for r in rows)
+    assert not (tmp_path / "runs").exists()

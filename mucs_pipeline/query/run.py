@@ -73,6 +73,32 @@ def attribute_queries(
     return folder, rows
 
 
+def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
+    """plan=true: the units a query run would run or skip, with their cost; computes nothing."""
+    import copy
+
+    from mucs_pipeline import plan as cost
+
+    cfg = copy.deepcopy(cfg)
+    cfg.generate.num_items, cfg.generate.num_controls = len(queries.names), 0
+    layout, rate = QueryLayout(cfg, queries), cost.measure(cfg, data)
+    units = [("pretrain", None), ("null_loss", None), (ITEMS, None)]
+    rows = []
+    for stage, method in [*units, *[("attribute", m) for m in layout.units("attribute")]]:
+        forwards, steps = (0, 0) if stage == ITEMS else cost.unit_cost(
+            cfg, layout, stage, method, len(data), data.cond is not None
+        )  # fmt: skip
+        row = {"stage": "query" if stage == ITEMS else stage, "method": method or "",
+               "state": layout.state(stage, method), "forwards": forwards, "steps": steps,
+               "folder": str(layout.dir(stage, method))}  # fmt: skip
+        method_cfg = layout.method_cfg(method) if stage == "attribute" else None
+        row["seconds"] = cost.unit_seconds(row, method_cfg, len(data), len(queries.names), rate)
+        rows.append(row)
+    print(f"Plan for {len(queries.names)} queries (plan=true: nothing is computed):\n"
+          + cost.render(rows, rate))  # fmt: skip
+    return rows
+
+
 def run(cfg: DictConfig) -> dict:
     """`python -m mucs_pipeline +query=folder query.root=...`: the CSV and the figures."""
     from mucs_pipeline.stages import common
@@ -84,6 +110,8 @@ def run(cfg: DictConfig) -> dict:
     if init_from(cfg) is not None:
         load_init(cfg, data)  # a network of another architecture stops here
     queries = load_queries(cfg, root, files, data, captions)
+    if cfg.plan:
+        return {"plan": plan(cfg, data, queries)}
     log.info("attributing %d query images from %s with %s", len(files), root, cfg.method.name)
     folder, rows = attribute_queries(cfg, data, queries)
     best = [r for r in rows if r["rank"] == 1]

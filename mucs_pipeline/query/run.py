@@ -42,16 +42,15 @@ class QueryLayout(Layout):
         return [] if stage == ITEMS else super().upstream(stage, method)
 
 
-def attribute_queries(
-    cfg: DictConfig, data: ImageData, queries: Queries, top_k: int | None = None
-) -> tuple[Path, list[dict]]:
+def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tuple[Path, list]:
     """Score `queries` with cfg.method against the training set and write attributions.csv
-    and one figure per query; (their folder, the CSV's rows). Units finished by an earlier
-    run (F1, L_null, the same queries' scores) are reused."""
+    (the top `query.top_k` of each) and one figure per query; (their folder, the CSV's
+    rows). Units finished by an earlier run (F1, L_null, the same queries' scores) are
+    reused."""
     from mucs_pipeline.stages import attribute, null_loss, pretrain
 
     layout = QueryLayout(cfg, queries)
-    method, top_k = cfg.method.name, top_k or cfg.query.top_k
+    method = cfg.method.name
     pretrain.run(cfg, layout)
     null_loss.run(cfg, layout)
 
@@ -63,7 +62,7 @@ def attribute_queries(
     attribute.run(cfg, layout)
     target = io.load(layout.require(ITEMS) / "items.pt")["target"]
     scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
-    rows = output.records(cfg, data, target, scores, method, top_k)
+    rows = output.records(cfg, data, target, scores, method, cfg.query.top_k)
     folder = layout.dir(ITEMS) / method
     folder.mkdir(exist_ok=True)
     output.write_csv(rows, folder / "attributions.csv")

@@ -58,6 +58,11 @@ def item_plan(cfg: DictConfig, data: ImageData) -> dict[str, dict]:
                 torch.stack([data.condition_for_label(int(c)) for c in labels]) if count else None
             )
         plan[subset] = {"seeds": seeds, "labels": labels, "cond": cond}
+    if cfg.generate.get("captions") is not None and split == "eval":  # prompt mode
+        from mucs_pipeline.prompts import embed_prompts
+
+        captions = list(cfg.generate.captions)
+        plan["target"].update(labels=None, cond=embed_prompts(cfg), captions=captions)
     return plan
 
 

@@ -22,6 +22,8 @@ from mucs_pipeline import config_dirs
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.method_settings import with_method_settings
+from mucs_pipeline.prompts import generate_recipe
+from mucs_pipeline.weights import pretrain_recipe
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,14 @@ def _attributed(lay: Layout) -> list[str | None]:
 
 
 GRAPH = (
-    Stage("pretrain", key=lambda lay, m: (*_model(lay), lay.cfg.pretrain), reads=lambda lay, m: []),
+    Stage(
+        "pretrain",
+        key=lambda lay, m: (*_model(lay), pretrain_recipe(lay.cfg)),
+        reads=lambda lay, m: [],
+    ),
     Stage(
         "generate",
-        key=lambda lay, m: (lay.key("pretrain"), lay.cfg.generate),
+        key=lambda lay, m: (lay.key("pretrain"), generate_recipe(lay.cfg)),
         reads=lambda lay, m: [("pretrain", None)],
     ),
     Stage(
@@ -73,7 +79,7 @@ GRAPH = (
             lay.key("generate"),
             lay.key("null_loss"),
             lay.method_cfg(m),
-            lay.cfg.pretrain,
+            pretrain_recipe(lay.cfg),
             lay.cfg.trainer.bf16_scoring,  # scoring precision changes the scores
             *[lay.key("attribute", c) for c in lay.components(m)],
         ),
@@ -187,8 +193,8 @@ class Layout:
         the config minus the method and the seed."""
         c = self.cfg
         return io.config_hash(
-            c.name, c.dataset, c.model, c.diffusion, c.pretrain, c.generate, c.null_loss,
-            c.retrain, c.evaluate, c.metric,
+            c.name, c.dataset, c.model, c.diffusion, pretrain_recipe(c), generate_recipe(c),
+            c.null_loss, c.retrain, c.evaluate, c.metric,
         )  # fmt: skip
 
     def experiment_key(self) -> str:

@@ -13,7 +13,9 @@ from mucs_pipeline import distributed as dist
 from mucs_pipeline import terminal
 from mucs_pipeline.layout import STAGES, Layout
 from mucs_pipeline.method_settings import apply_method_settings
+from mucs_pipeline.prompts import apply_prompts
 from mucs_pipeline.validate import check_training_set, validate
+from mucs_pipeline.weights import init_from, load_init
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     apply_method_settings(cfg)  # method_settings: each method takes the keys it has
+    apply_prompts(cfg)  # generate.captions (COCO prompt mode): the attributed items' captions
     validate(cfg)  # before anything is computed or written; ConfigError lists the problems
     terminal.warnings_once()
     if cfg.trainer.threads:
@@ -30,10 +33,16 @@ def run(cfg: DictConfig) -> dict:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
+    if cfg.get("query") is not None:  # +query=folder: the user's images, no retraining
+        from mucs_pipeline import query
+
+        return {"query": query.run(cfg)}
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
     data = common.dataset(cfg)  # read first: an unreadable image stops the run before compute
+    if init_from(cfg) is not None:
+        load_init(cfg, data)  # a network of another architecture stops the run here
     if "retrain" in cfg.stages:
         check_training_set(cfg, len(data))
     if cfg.plan:

@@ -117,6 +117,7 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
             "an integer in [0, 2**63)",
         ),
         ("generate.num_items", *positive_int),
+        ("query.top_k", *positive_int),
         ("generate.num_controls", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         ("generate.num_steps", *positive_int),
         ("generate.batch_size", *positive_int),
@@ -262,6 +263,12 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
         problems.append(
             f"dataset.root={root!r}: no such folder (see README, 'The paper's experiments', "
             "for what to download and where)"
+        )
+    init = _get(cfg, "pretrain.init_from")
+    if init is not None and not Path(str(init)).expanduser().is_file():
+        problems.append(
+            f"pretrain.init_from={init!r}: no such file; expected a trained network "
+            "(this project's ema.pt, a Lightning .ckpt or a .safetensors file)"
         )
     metric = cfg.get("metric", {})
     names = metric.get("names") or []

@@ -52,7 +52,9 @@ def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
     return x.expand(channels, -1, -1) * 2.0 - 1.0
 
 
-def load(cfg: DictConfig) -> ImageData:
+def files(cfg: DictConfig) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """The training images in the order of the data's items, their class ids and the class
+    names (None, None for an unconditional folder)."""
     if cfg.root is None:
         raise DatasetError("dataset.root is not set: pass dataset.root=/path/to/images")
     root = Path(cfg.root).expanduser()
@@ -61,23 +63,27 @@ def load(cfg: DictConfig) -> ImageData:
             f"dataset.root={str(root)!r} is not a directory: point it at a folder of images "
             "(one subfolder per class when dataset.conditional=true)"
         )
+    if not cfg.conditional:
+        return images_under(root), None, None
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and images_under(p))
+    if not classes:
+        raise DatasetError(
+            f"dataset.root={str(root)!r} has no class subfolders with images; "
+            "set dataset.conditional=false for a flat folder"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = images_under(root / name)
+        paths += found
+        labels += [label] * len(found)
+    return paths, labels, classes
+
+
+def load(cfg: DictConfig) -> ImageData:
     if cfg.channels not in (1, 3):
         raise DatasetError(f"dataset.channels={cfg.channels}: expected 1 or 3")
-    if cfg.conditional:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and images_under(p))
-        if not classes:
-            raise DatasetError(
-                f"dataset.root={str(root)!r} has no class subfolders with images; "
-                "set dataset.conditional=false for a flat folder"
-            )
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            found = images_under(root / name)
-            paths += found
-            labels += [label] * len(found)
-    else:
-        classes, paths = None, images_under(root)
-        labels = None
+    paths, labels, classes = files(cfg)
+    root = Path(cfg.root).expanduser()
     if not paths:
         raise DatasetError(f"dataset.root={str(root)!r} holds no images ({sorted(EXTENSIONS)})")
     others = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in EXTENSIONS]

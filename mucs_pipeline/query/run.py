@@ -1,0 +1,125 @@
+"""Attribute query images: F1 (pretrained, or `pretrain.init_from`), L_null, the method's
+scores of the queries, then the table and figures. Nothing is generated or retrained."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mucs_pipeline import artifacts as io
+from mucs_pipeline.data import ImageData
+from mucs_pipeline.layout import Layout, Unit
+from mucs_pipeline.query import output
+from mucs_pipeline.query.inputs import Queries, captions_for, load_queries, query_files
+
+log = logging.getLogger(__name__)
+
+ITEMS = "generate"  # the stage whose items the queries stand in for
+
+
+class QueryLayout(Layout):
+    """The run's layout with the queries in place of the generated items: one unit under
+    <run>/query/<key of their content>/ whose items.pt has the generate stage's structure,
+    so the attribute stage and every method read them unchanged. No random baseline: there
+    is no leave-k-out evaluation to compare against."""
+
+    def __init__(self, cfg: DictConfig, queries: Queries):
+        super().__init__(cfg)
+        self.methods = [cfg.method.name]
+        self.queries_key = io.config_hash("query", queries.digest())
+
+    def key(self, stage: str, method: str | None = None) -> str:
+        return self.queries_key if stage == ITEMS else super().key(stage, method)
+
+    def dir(self, stage: str, method: str | None = None) -> Path:
+        if stage == ITEMS:
+            return self.root / "query" / self.queries_key
+        return super().dir(stage, method)
+
+    def upstream(self, stage: str, method: str | None) -> list[Unit]:
+        return [] if stage == ITEMS else super().upstream(stage, method)
+
+
+def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tuple[Path, list]:
+    """Score `queries` with cfg.method against the training set and write attributions.csv
+    (the top `query.top_k` of each) and one figure per query; (their folder, the CSV's
+    rows). Units finished by an earlier run (F1, L_null, the same queries' scores) are
+    reused."""
+    from mucs_pipeline.stages import attribute, null_loss, pretrain
+
+    layout = QueryLayout(cfg, queries)
+    method = cfg.method.name
+    pretrain.run(cfg, layout)
+    null_loss.run(cfg, layout)
+
+    def save(folder: Path) -> dict:
+        io.atomic_save(queries.items(), folder / "items.pt")
+        return {"num_items": len(queries.names)}
+
+    layout.run_unit(ITEMS, None, save)
+    attribute.run(cfg, layout)
+    target = io.load(layout.require(ITEMS) / "items.pt")["target"]
+    scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
+    rows = output.records(cfg, data, target, scores, method, cfg.query.top_k)
+    folder = layout.dir(ITEMS) / method
+    folder.mkdir(exist_ok=True)
+    output.write_csv(rows, folder / "attributions.csv")
+    for old in folder.glob("query*.png"):  # another top_k's figures
+        old.unlink()
+    output.figures(data, target, rows, method, folder)
+    return folder, rows
+
+
+def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
+    """plan=true: the units a query run would run or skip, with their cost; computes nothing."""
+    import copy
+
+    from mucs_pipeline import plan as cost
+
+    cfg = copy.deepcopy(cfg)
+    cfg.generate.num_items, cfg.generate.num_controls = len(queries.names), 0
+    layout, rate = QueryLayout(cfg, queries), cost.measure(cfg, data)
+    units = [("pretrain", None), ("null_loss", None), (ITEMS, None)]
+    rows = []
+    for stage, method in [*units, *[("attribute", m) for m in layout.units("attribute")]]:
+        forwards, steps = (0, 0) if stage == ITEMS else cost.unit_cost(
+            cfg, layout, stage, method, len(data), data.cond is not None
+        )  # fmt: skip
+        row = {"stage": "query" if stage == ITEMS else stage, "method": method or "",
+               "state": layout.state(stage, method), "forwards": forwards, "steps": steps,
+               "folder": str(layout.dir(stage, method))}  # fmt: skip
+        method_cfg = layout.method_cfg(method) if stage == "attribute" else None
+        row["seconds"] = cost.unit_seconds(row, method_cfg, len(data), len(queries.names), rate)
+        rows.append(row)
+    print(f"Plan for {len(queries.names)} queries (plan=true: nothing is computed):\n"
+          + cost.render(rows, rate))  # fmt: skip
+    return rows
+
+
+def run(cfg: DictConfig) -> dict:
+    """`python -m mucs_pipeline +query=folder query.root=...`: the CSV and the figures."""
+    from mucs_pipeline.stages import common
+    from mucs_pipeline.weights import init_from, load_init
+
+    root, files = query_files(cfg.query)  # an empty folder or a missing caption: before compute
+    captions = captions_for(cfg.query, root, files) if cfg.dataset.name == "coco" else None
+    data = common.dataset(cfg)
+    if init_from(cfg) is not None:
+        load_init(cfg, data)  # a network of another architecture stops here
+    queries = load_queries(cfg, root, files, data, captions)
+    if cfg.plan:
+        return {"plan": plan(cfg, data, queries)}
+    log.info("attributing %d query images from %s with %s", len(files), root, cfg.method.name)
+    folder, rows = attribute_queries(cfg, data, queries)
+    best = [r for r in rows if r["rank"] == 1]
+    lines = [f"  {r['query']}: #1 {r['train_item']} ({r['score']:.4g})" for r in best[:10]]
+    more = f"\n  ... and {len(best) - 10} more" if len(best) > 10 else ""
+    print(
+        f"\nTop training images of {len(best)} queries by {cfg.method.name}:\n"
+        + "\n".join(lines) + more
+        + f"\n{folder / 'attributions.csv'} (top {cfg.query.top_k} each), "
+        f"figures {folder}/query*.png"
+    )  # fmt: skip
+    return {"num_queries": len(best), "folder": str(folder)}

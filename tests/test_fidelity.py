@@ -50,7 +50,7 @@ def test_a_fresh_network_outputs_exactly_zero(experiment):
 def test_loss_null_is_the_loss_of_the_skip_path_over_2000_draws(tmp_path):
     from mucs_pipeline.stages.null_loss import estimate_loss_null
 
-    cfg = make_cfg(tmp_path, "null_loss.num_batches=3")
+    cfg = make_cfg(tmp_path, "null_loss.num_batches=3", "model.zero_init_output=true")
     data, edm = build_dataset(cfg.dataset), EDM()
     expected, count = 0.0, 0
     for i in range(3):  # the same draws, through D = c_skip x

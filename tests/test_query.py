@@ -34,7 +34,7 @@ def trained_f1(trained, tmp_path_factory):
     torch.save(net.state_dict(), path)
     model = [f"model.{k}={v}" for k, v in cfg.model.items()]
     return data, [*model, f"dataset.subset={len(data)}", f"pretrain.init_from={path}",
-                  "method_settings.num_noises=20", "method_settings.max_steps=150",
+                  "++method_settings.num_noises=20", "++method_settings.max_steps=150",
                   "trainer.threads=1"]  # fmt: skip
 
 
@@ -163,15 +163,19 @@ def test_the_python_api_returns_the_clis_scores(tmp_path, monkeypatch, capsys):
     data = dataset(make_cfg(tmp_path))
     for j in (3, 50):
         save_png(data.x[j], tmp_path / "q" / str(int(data.labels[j])) / f"z{j}.png")
+    # MUCS's micro settings through method_settings, which pixel ignores, for both runs.
+    settings = ["++method_settings.max_steps=3", "++method_settings.num_noises=10",
+                "++method_settings.batch_size=20", "++method_settings.ga_draws=20"]  # fmt: skip
     code, err = run_main(
         monkeypatch, capsys, tmp_path / "cli", QUERY, f"query.root={tmp_path / 'q'}",
-        "query.top_k=3", "trainer.threads=1",
+        "query.top_k=3", "trainer.threads=1", "method=mucs", *settings,
     )  # fmt: skip
     assert code == 0, err
     cli = [(r["query"], int(r["rank"]), int(r["train_index"]), float(r["score"]))
            for r in read_csv(tmp_path / "cli", "mucs")]  # fmt: skip
     # Computed anew in another runs folder (F1, L_null, the scores), from a folder and from files.
-    run = load(*MICRO, f"paths.runs_dir={tmp_path / 'api'}", "trainer.threads=1")
+    micro = [o for o in MICRO if not o.startswith("method.")]
+    run = load(*micro, *settings, f"paths.runs_dir={tmp_path / 'api'}", "trainer.threads=1")
     for images in (tmp_path / "q", sorted((tmp_path / "q").rglob("*.png"))):
         rows = run.attribute(images, method="mucs", top_k=3)
         assert [(r["query"], r["rank"], r["train_index"], r["score"]) for r in rows] == cli

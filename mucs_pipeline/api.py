@@ -66,17 +66,20 @@ class Run:
     def attribute(
         self,
         images,
-        method: str = "mucs",
-        top_k: int = 10,
+        method: str | None = None,
+        top_k: int | None = None,
         labels: list | None = None,
         captions: list[str] | None = None,
     ) -> list[dict]:
         """The `top_k` most influential training items of each image, as the rows of
         attributions.csv. `images`: image files, a folder of them, or an (N, C, H, W)
         tensor in [-1, 1] at the training resolution; `labels`: their classes (names or
-        ids; default: their subfolders' names) on class-conditional data; `captions`: on COCO.
+        ids; default: a folder's class subfolders, or each file's folder name) on
+        class-conditional data; `captions`: on COCO. `method` and `top_k` default to the
+        run's (`method=...`, `query.top_k=...` given to `load`, else the config's).
         """
-        cfg = compose([*self.overrides, f"method={method}", f"query.top_k={top_k}"])
+        given = {"method": method, "query.top_k": top_k}
+        cfg = compose([*self.overrides, *[f"{k}={v}" for k, v in given.items() if v is not None]])
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1:] != self.data.x.shape[1:]:
                 raise DatasetError(
@@ -84,7 +87,9 @@ class Run:
                     f"{', '.join(map(str, self.data.x.shape[1:]))}) in [-1, 1], or image files"
                 )
             names = [f"image {i}" for i in range(len(images))]
-            queries = make_queries(cfg, self.data, names, images.float(), labels, captions)
+            queries = make_queries(
+                cfg, self.data, names, images.float(), labels=labels, captions=captions
+            )
         else:
             paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
             if len(paths) == 1 and paths[0].is_dir():
@@ -92,7 +97,9 @@ class Run:
             else:
                 files = [p.expanduser().resolve() for p in paths]
                 root = Path(os.path.commonpath([p.parent for p in files]))
-            queries = load_queries(cfg, root, files, self.data, captions, labels)
+                if labels is None and self.data.cond is not None and captions is None:
+                    labels = [p.parent.name for p in files]  # each file's folder: its class
+            queries = load_queries(cfg, root, files, self.data, labels=labels, captions=captions)
         self.folder, rows = attribute_queries(cfg, self.data, queries)
         return rows
 

@@ -288,6 +288,10 @@ class Layout:
             io.damaged(path, why, self.cfg.get("strict", False))
             self._reported.add(path)
 
+    def name(self, stage: str, method: str | None = None) -> str:
+        """How the log names a unit."""
+        return f"{stage}[{method}]" if method else stage
+
     def require(self, stage: str, method: str | None = None) -> Path:
         """The folder of a finished upstream stage, or an error saying what to run."""
         if self.manifest(stage, method) is None:
@@ -322,7 +326,7 @@ class Layout:
         In a job of several processes, rank 0 decides and writes; `distributed` work (it
         splits itself through Lightning) runs on every rank, other work on rank 0 only.
         """
-        what = f"{stage}[{method}]" if method else stage
+        what = self.name(stage, method)
         folder = self.dir(stage, method)
         lock = FileLock(folder.parent / f".{folder.name}.lock")
         done = None

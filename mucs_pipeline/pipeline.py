@@ -34,9 +34,9 @@ def run(cfg: DictConfig) -> dict:
         logging.getLogger(name).setLevel(logging.WARNING)
     dist.setup(cfg)  # several processes (torchrun, SLURM tasks): join their group
     if cfg.get("query") is not None:  # +query=folder: the user's images, no retraining
-        from mucs_pipeline import query
+        from mucs_pipeline.query.run import run as run_queries
 
-        return {"query": query.run(cfg)}
+        return {"query": run_queries(cfg)}
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 

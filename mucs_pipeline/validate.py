@@ -174,6 +174,14 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
     if unknown or not stages:
         what = f"unknown {unknown}" if unknown else "nothing to run"
         problems.append(f"stages={stages}: {what}, expected some of {STAGES}")
+    elif cfg.get("query") is not None:
+        from mucs_pipeline.query.run import STAGES as QUERY_STAGES
+
+        if not set(QUERY_STAGES) & set(stages):
+            problems.append(
+                f"stages={stages}: a query run (+query=folder) runs some of "
+                f"{list(QUERY_STAGES)}, and no other stage"
+            )
     method = cfg.get("method", {})
     try:
         method_class(method)
@@ -210,7 +218,8 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
         "conditional", dataset.get("name") in ("digits", "artbench10", "coco")
     )
     weight = _get(cfg, "generate.cfg_weight")
-    if not conditional and _number(weight) and weight != 1.0:
+    generates = cfg.get("query") is None  # a query run generates nothing
+    if generates and not conditional and _number(weight) and weight != 1.0:
         problems.append(
             f"generate.cfg_weight={weight}: classifier-free guidance needs a conditional "
             "dataset (this one is unconditional); expected 1.0"

@@ -137,7 +137,7 @@ def labels_for(q: DictConfig, root: Path, files: list[Path]) -> list[str]:
 
 
 def load_queries(
-    cfg: DictConfig, root: Path, files: list[Path], data: ImageData, captions=None, labels=None
+    cfg: DictConfig, root: Path, files: list[Path], data: ImageData, *, labels=None, captions=None
 ) -> Queries:
     """The images at `files`, loaded as training images are (center-cropped, resized to
     the training resolution, with a warning when they are not that size already); their
@@ -160,18 +160,37 @@ def load_queries(
         )  # fmt: skip
     images = torch.stack([load_image(p, side, channels) for p in files])
     names = [p.relative_to(root).as_posix() for p in files]
-    if labels is None and data.cond is not None and captions is None:
+    if data.cond is None:
+        unusable(cfg, {"query.label": cfg.query.get("label"),
+                       "query.captions": cfg.query.get("captions")})  # fmt: skip
+        if any(len(p.relative_to(root).parts) > 1 for p in files):
+            log.info("the dataset is unconditional: the query subfolders' names are not used")
+    elif labels is None and captions is None:
         labels = labels_for(cfg.query, root, files)
-    return make_queries(cfg, data, names, images, labels, captions)
+    return make_queries(cfg, data, names, images, labels=labels, captions=captions)
+
+
+def unusable(cfg: DictConfig, given: dict) -> None:
+    """DatasetError when a query condition (a class or caption) is given for a dataset
+    whose network takes none: the user expects it to count, and it cannot."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        name = next(iter(given))
+        raise DatasetError(
+            f"{name} is set, but the {cfg.dataset.name} model is unconditional "
+            f"(dataset.conditional=false: it takes no class or caption); drop {name}, or "
+            "attribute with a conditional model"
+        )
 
 
 def make_queries(
     cfg: DictConfig, data: ImageData, names: list[str], images: torch.Tensor,
-    labels: list | None = None, captions: list[str] | None = None,
+    *, labels: list | None = None, captions: list[str] | None = None,
 ) -> Queries:  # fmt: skip
     """Queries with the condition their dataset needs: none, a class (name or id) or, for
     COCO, a caption (its CLIP-Text embedding, as the training captions')."""
     if data.cond is None:
+        unusable(cfg, {"labels": labels, "captions": captions})
         return Queries(names, images)
     if cfg.dataset.name == "coco":
         if captions is None or len(captions) != len(names):

@@ -17,6 +17,7 @@ from mucs_pipeline.query.inputs import Queries, captions_for, load_queries, quer
 log = logging.getLogger(__name__)
 
 ITEMS = "generate"  # the stage whose items the queries stand in for
+STAGES = ("pretrain", "null_loss", "attribute")  # what a query run can run; `stages=` picks
 
 
 class QueryLayout(Layout):
@@ -38,6 +39,9 @@ class QueryLayout(Layout):
             return self.root / "query" / self.queries_key
         return super().dir(stage, method)
 
+    def name(self, stage: str, method: str | None = None) -> str:
+        return "query" if stage == ITEMS else super().name(stage, method)
+
     def upstream(self, stage: str, method: str | None) -> list[Unit]:
         return [] if stage == ITEMS else super().upstream(stage, method)
 
@@ -51,8 +55,12 @@ def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tup
 
     layout = QueryLayout(cfg, queries)
     method = cfg.method.name
-    pretrain.run(cfg, layout)
-    null_loss.run(cfg, layout)
+    if "pretrain" in cfg.stages:
+        pretrain.run(cfg, layout)
+    if "null_loss" in cfg.stages:
+        null_loss.run(cfg, layout)
+    if "attribute" not in cfg.stages:
+        return layout.dir(ITEMS), []
 
     def save(folder: Path) -> dict:
         io.atomic_save(queries.items(), folder / "items.pt")
@@ -63,7 +71,8 @@ def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tup
     target = io.load(layout.require(ITEMS) / "items.pt")["target"]
     scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
     rows = output.records(cfg, data, target, scores, method, cfg.query.top_k)
-    folder = layout.dir(ITEMS) / method
+    # Named as the attribute unit is (method-key): two settings of a method keep their own.
+    folder = layout.dir(ITEMS) / layout.dir("attribute", method).name
     folder.mkdir(exist_ok=True)
     output.write_csv(rows, folder / "attributions.csv")
     for old in folder.glob("query*.png"):  # another top_k's figures
@@ -81,9 +90,11 @@ def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
     cfg = copy.deepcopy(cfg)
     cfg.generate.num_items, cfg.generate.num_controls = len(queries.names), 0
     layout, rate = QueryLayout(cfg, queries), cost.measure(cfg, data)
-    units = [("pretrain", None), ("null_loss", None), (ITEMS, None)]
+    units = [(s, None) for s in STAGES[:2] if s in cfg.stages]
+    if "attribute" in cfg.stages:
+        units += [(ITEMS, None), *[("attribute", m) for m in layout.units("attribute")]]
     rows = []
-    for stage, method in [*units, *[("attribute", m) for m in layout.units("attribute")]]:
+    for stage, method in units:
         forwards, steps = (0, 0) if stage == ITEMS else cost.unit_cost(
             cfg, layout, stage, method, len(data), data.cond is not None
         )  # fmt: skip
@@ -108,11 +119,15 @@ def run(cfg: DictConfig) -> dict:
     data = common.dataset(cfg)
     if init_from(cfg) is not None:
         load_init(cfg, data)  # a network of another architecture stops here
-    queries = load_queries(cfg, root, files, data, captions)
+    queries = load_queries(cfg, root, files, data, captions=captions)
     if cfg.plan:
         return {"plan": plan(cfg, data, queries)}
     log.info("attributing %d query images from %s with %s", len(files), root, cfg.method.name)
     folder, rows = attribute_queries(cfg, data, queries)
+    if not rows:
+        done = [s for s in STAGES if s in cfg.stages]
+        print(f"\nStopped after {', '.join(done)} (stages={list(cfg.stages)}): no attribution")
+        return {"num_queries": 0, "folder": str(folder)}
     best = [r for r in rows if r["rank"] == 1]
     lines = [f"  {r['query']}: #1 {r['train_item']} ({r['score']:.4g})" for r in best[:10]]
     more = f"\n  ... and {len(best) - 10} more" if len(best) > 10 else ""

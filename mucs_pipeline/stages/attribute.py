@@ -83,10 +83,11 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
 
 
 def top_k_figure(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out: dict, folder):
-    """top_k.png: each generated item next to its most influential training items."""
+    """top_k.png: each generated (or query) item next to its most influential training items."""
     from mucs_pipeline.evaluation import figures as fig
     from mucs_pipeline.evaluation.protocol import top_k_indices
 
+    kind = "query" if "names" in items else "generated"  # query mode's items have file names
     n_items, n_top = min(8, len(items["images"])), min(8, out["scores"].shape[1])
     top = top_k_indices(out["scores"][:n_items], n_top, cfg.seed)
     path = folder / "top_k.png"
@@ -94,8 +95,8 @@ def top_k_figure(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out
         [torch.cat([items["images"][i : i + 1], data.x[top[i]]]) for i in range(n_items)],
         path,
         [f"item {i}" for i in range(n_items)],
-        [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
-        title=f"{method_cfg.name}: each generated item and its top-{n_top} training items",
+        [[kind, *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
+        title=f"{method_cfg.name}: each {kind} item and its top-{n_top} training items",
     )  # fmt: skip
     return path
 

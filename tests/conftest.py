@@ -13,65 +13,41 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
-# A run small enough for a test: a few optimizer steps, two items, a small noise bank.
-MICRO = [
-    "logger=csv",
-    "dataset.subset=120",
-    "model.hidden=32",
-    "model.depth=2",
-    "model.heads=2",
-    "model.conv_channels=[8,8]",
-    "pretrain.steps=12",
-    "pretrain.checkpoint_every=5",
-    "generate.num_items=2",
-    "generate.num_controls=2",
-    "generate.num_steps=6",
-    "method.max_steps=3",
-    "method.num_noises=10",
-    "method.batch_size=20",
-    "method.ga_draws=20",
-    "null_loss.num_batches=2",
-    "trainer.progress_bar=false",
-    "evaluate.k_fraction=0.05",
-]
+# What the tests run: `debug=micro` (conf/debug/micro.yaml, the README's check of a setup:
+# a few optimizer steps, two items, a small noise bank, for every method), logged to CSV.
+MICRO = ["debug=micro", "logger=csv", "trainer.progress_bar=false"]
 
 
-# Micro settings of the baselines; an ensemble passes them to its components.
-_GRAD = "{num_noises: 8, proj_dim: 256, chunk: 4}"
-_ASCENT = "{num_noises: 8, ga_draws: 16}"
-METHOD_MICRO = {
-    "dtrak": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
-    "das": ["method.num_noises=8", "method.proj_dim=256", "method.chunk=4"],
-    "forward_inf": ["method.num_noises=8", "method.ga_draws=16"],
-    # lr 1e-2 diverges here; and after 12 steps a zero-initialised output layer leaves
-    # ~1e-22 curvature upstream of it, where AbU's lr * g / (N * Fisher) step overflows.
-    "abu": [
-        "method.num_noises=8",
-        "method.ga_draws=16",
-        "method.lr=1e-3",
-        "model.zero_init_output=false",
-    ],
-    "ensemble": [
-        f"+method.overrides.dtrak={_GRAD}",
-        f"+method.overrides.das={_GRAD}",
-        f"+method.overrides.forward_inf={_ASCENT}",
-        f"+method.overrides.abu={_ASCENT}",
-        "+method.overrides.mucs={max_steps: 3, num_noises: 10, batch_size: 20, ga_draws: 20}",
-    ],
-}
+def micro(overrides) -> list[str]:
+    """MICRO for these overrides. Hydra applies `+experiment=` after `debug=micro`, so an
+    experiment's values would win over debug's: with one, debug's values (bar
+    method_settings, which no experiment sets) also go on the command line, which wins."""
+    if not any(o.startswith("+experiment=") for o in overrides):
+        return MICRO
+    debug = OmegaConf.to_container(OmegaConf.load(CONF / "debug" / "micro.yaml"))
+    debug.pop("method_settings")
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={json.dumps(value)}"
+
+    return [*MICRO, *leaves(debug)]
 
 
 def cli_command(runs: Path, *args: str) -> list[str]:
     """`python -m mucs_pipeline` with the micro settings, writing under `runs`."""
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags come before overrides
     overrides = [a for a in args if not a.startswith("-")]
-    return [sys.executable, "-m", "mucs_pipeline", *flags, *MICRO, f"paths.runs_dir={runs}",
-            *overrides]  # fmt: skip
+    return [sys.executable, "-m", "mucs_pipeline", *flags, *micro(overrides),
+            f"paths.runs_dir={runs}", *overrides]  # fmt: skip
 
 
 def run_cli(runs: Path, *args: str) -> subprocess.CompletedProcess:
@@ -85,11 +61,8 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
     (faster than run_cli, and monkeypatches apply): (exit status, stderr lines)."""
     from mucs_pipeline.__main__ import main
 
-    micro = MICRO
-    if any(o.startswith("method=") for o in overrides):  # MUCS's micro keys do not apply
-        micro = [o for o in MICRO if not o.startswith("method.")]
     monkeypatch.setattr(
-        sys, "argv", ["mucs_pipeline", *micro, f"paths.runs_dir={runs}", *overrides]
+        sys, "argv", ["mucs_pipeline", *micro(overrides), f"paths.runs_dir={runs}", *overrides]
     )
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # what main() sets, undone after the test
     capsys.readouterr()
@@ -106,23 +79,21 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
 
 
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
-    """The real config with micro settings, writing under tmp_path.
+    """The real config with `debug=micro`, writing under tmp_path, its `method_settings`
+    applied as a run applies them. A model chosen with `model=` keeps its own size."""
+    from mucs_pipeline.method_settings import (
+        apply_method_settings,
+        drop_settings_set_on_the_method,
+    )
 
-    Micro settings of a group are dropped where they do not apply: a chosen model, or a
-    method other than MUCS.
-    """
-    from mucs_pipeline.attribution.base import method_kind
-
-    micro = MICRO
-    if any(o.startswith("model=") for o in overrides):
-        micro = [o for o in micro if not o.startswith("model.")]
+    overrides = (*micro(overrides), f"paths.runs_dir={tmp_path}", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        base = [f"paths.runs_dir={tmp_path}", *overrides]
-        no_method = [o for o in micro if not o.startswith("method.")]
-        method = compose("config", overrides=[*no_method, *base]).method
-        if method.name != "mucs":
-            micro = no_method + METHOD_MICRO.get(method_kind(method), [])
-        return compose("config", overrides=[*micro, *base])
+        cfg = compose("config", overrides=list(overrides))
+        if any(o.startswith("model=") for o in overrides):  # not debug=micro's tiny DiT
+            cfg.model = compose("config", overrides=[o for o in overrides if o != MICRO[0]]).model
+    drop_settings_set_on_the_method(cfg, overrides)
+    apply_method_settings(cfg)
+    return cfg
 
 
 @pytest.fixture(scope="session")
@@ -165,9 +136,17 @@ def context(trained, loss_null: float, cache_dir, **kwargs):
     )
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads():
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Two torch threads before any fixture of a test is set up, whatever its scope: CPU
+    reductions split differently across threads (results differ in the last bit), so a
+    shared module- or session-scoped run must be computed at the thread count of the
+    tests that compare against it, and a run with trainer.threads=1 must not leak."""
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _torch_seed():
     torch.manual_seed(0)
 
 

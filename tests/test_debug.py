@@ -59,14 +59,10 @@ def test_a_multirun_over_methods_takes_a_method_specific_setting(tmp_path):
     assert list((tmp_path / "digits" / "seed0" / "evaluate").glob("pixel-*/results.csv"))
 
 
-def test_a_method_key_set_on_the_command_line_wins_over_method_settings():
-    from mucs_pipeline.method_settings import drop_settings_set_on_the_method
+def test_a_method_key_set_on_the_command_line_wins_over_method_settings(tmp_path):
+    from conftest import make_cfg
 
-    assert compose_cfg("debug=micro").method.max_steps == 3  # debug=micro's method_settings
-    overrides = ["debug=micro", "method.max_steps=50", "++method.num_noises=6"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    drop_settings_set_on_the_method(cfg, overrides)  # what the app does first
-    apply_method_settings(cfg)
+    assert make_cfg(tmp_path).method.max_steps == 3  # debug=micro's method_settings
+    cfg = make_cfg(tmp_path, "method.max_steps=50", "++method.num_noises=6")
     assert (cfg.method.max_steps, cfg.method.num_noises) == (50, 6)
     assert cfg.method.batch_size == 20  # the keys not set on the command line still apply

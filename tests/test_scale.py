@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, MICRO, cli_command, make_cfg, run_cli
+from conftest import CONF, cli_command, make_cfg, micro, run_cli
 from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -203,7 +203,7 @@ def test_two_ddp_processes_score_and_retrain_like_one(tmp_path):
     experiment = "+experiment=digits_mucs"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "mucs_pipeline", *MICRO, f"paths.runs_dir={two}", experiment, stages,
+         "mucs_pipeline", *micro([experiment]), f"paths.runs_dir={two}", experiment, stages,
          "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.compile_scoring=false",  # as on CPU: compiled kernels round differently
          "hydra.verbose=mucs_pipeline.attribution.scoring"],

@@ -1,6 +1,7 @@
 """The report command: the paper's tables and figures from a folder of finished runs."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -63,6 +64,8 @@ def test_report_writes_every_table_and_figure(runs):
     overlap = {r["method"]: r for r in rows(out / "table8_overlap_methods.csv")}
     assert overlap["mucs"]["mucs"] == "-" and overlap["mucs"]["pixel"] == overlap["pixel"]["mucs"]
     assert "\\begin{tabular}" in (out / "table1_auc.tex").read_text()
+    table1 = json.loads((out / "table1_auc.json").read_text())
+    assert "ssim_p_best" in table1["columns"] and "†" in table1["caption"]
     (ablation,) = [r for r in rows(out / "table2_ablations.csv") if r["row"] == "U-C1"]
     assert ablation["method"] == "mucs/u_c1_lam01" and ablation["delta %"].endswith("%")
 
@@ -142,3 +145,36 @@ def test_a_lambda_sweep_gives_one_row_per_lambda_not_a_pooled_one(runs, tmp_path
     assert [r["seed"] for r in by_label["mucs[lam=0.2]"]] == [0, 1]
     assert [r["seed"] for r in by_label["mucs[lam=0.3]"]] == [0]
     assert "mucs/u_c1_lam01" in by_label  # the ablation keeps its own row
+
+
+def test_the_marker_against_the_best_other_method(tmp_path):
+    """† (the paper's Table 1 marker): a one-sided U test against the other method with the
+    highest AUC, never against an ablation of the same method."""
+    import torch
+    from scipy.stats import mannwhitneyu
+
+    from mucs_pipeline.evaluation.comparison import Comparison, _auc
+
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda: 0.4 * torch.rand(40, generator=gen)  # noqa: E731
+    random = 0.6 + noise()  # AUCs against it: mucs/abl > mucs > pixel
+    sims = {"mucs": 0.3 + noise(), "pixel": 0.45 + noise(), "mucs/abl": 0.1 + noise()}
+    by_label = {}
+    for label, values in sims.items():
+        method = label.split("/")[0]
+        folder = tmp_path / label.replace("/", "-")
+        folder.mkdir()
+        torch.save({method: {"ssim": values}, "random": {"ssim": random}},
+                   folder / "similarities_target.pt")  # fmt: skip
+        run = {"method": method, "method_cfg": {"name": method}, "folder": folder,
+               "removed": {method: 10, "random": 10}, "k": 5, "seed": 0}  # fmt: skip
+        by_label[label] = [run]
+    c = Comparison("digits", by_label, alpha=0.01)
+    mucs, pixel = c.by_metric("mucs")["ssim"], c.by_metric("pixel")["ssim"]
+    # mucs/abl, the best row, is MUCS itself for mucs; for pixel it is another method.
+    assert mucs["best_other"] == "pixel" and pixel["best_other"] == "mucs/abl"
+    expected = mannwhitneyu(sims["pixel"], sims["mucs"], alternative="greater").pvalue
+    assert mucs["p_vs_best"] == pytest.approx(expected) and expected < 0.01
+    assert pixel["p_vs_best"] > 0.5
+    assert str(_auc(mucs)).endswith("*†") and str(_auc(pixel)).endswith("*")
+    assert not str(_auc(pixel)).endswith("†")

@@ -20,6 +20,8 @@ class Num:
     ci: float | None = None  # half-width of the 95% confidence interval
     p: float | None = None  # the test's p-value
     star: bool = False  # significant: "*" after the text
+    p_best: float | None = None  # p of the test against the best other method
+    dagger: bool = False  # significant against the best other method: "†" after the text
     spec: str = ".3f"  # format of the value (and the CI)
     show_p: bool = False  # "(p=...)" after the text
     text: str | None = None  # the text instead of the formatted value
@@ -34,17 +36,17 @@ class Num:
             out += "±" + format(self.ci, self.spec.lstrip("+"))
         if self.show_p and self.p is not None:
             out += f" (p={self.p:.2g})"
-        return out + ("*" if self.star else "")
+        return out + ("*" if self.star else "") + ("†" if self.dagger else "")
 
 
 def numeric(rows: list[dict], columns: list[str]) -> tuple[list[str], list[list]]:
-    """Columns and rows with every Num split into numbers: `c`, and `c_ci` / `c_p` where
-    any row of column `c` has them; what W&B sorts and plots."""
+    """Columns and rows with every Num split into numbers: `c`, and `c_ci` / `c_p` /
+    `c_p_best` where any row of column `c` has them; what W&B sorts and plots."""
 
     def has(c: str, part: str) -> bool:
         return any(isinstance(r.get(c), Num) and getattr(r[c], part) is not None for r in rows)
 
-    parts = {c: [part for part in ("ci", "p") if has(c, part)] for c in columns}
+    parts = {c: [part for part in ("ci", "p", "p_best") if has(c, part)] for c in columns}
 
     def cells(r: dict) -> list:
         out = []
@@ -84,7 +86,8 @@ def write_table(rows: list[dict], columns: list[str], base: Path, caption: str) 
     io.atomic_write_text(base.with_suffix(".csv"), buffer.getvalue())
 
     def tex(text: str) -> str:
-        return text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")
+        out = text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")
+        return out.replace("†", "$^\\dagger$")
 
     body = [" & ".join(tex(c) for c in row) + " \\\\" for row in cells]
     latex = [

@@ -202,8 +202,9 @@ class Layout:
         return io.config_hash(self.comparison_key(), self.cfg.method)
 
     def method_cfg(self, method: str) -> DictConfig:
-        """The config of `method`: the selected one, or the defaults of its file in
-        conf/method/ (random, an ensemble's components), with `method_settings` and an
+        """The config of `method`: the selected one, or the defaults of its file in a
+        method/ folder of the config path (conf/method/ and any `hydra.searchpath`
+        folder: random, an ensemble's components), with `method_settings` and an
         ensemble's `overrides`."""
         if method == self.cfg.method.name:
             return self.cfg.method

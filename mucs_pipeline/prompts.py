@@ -53,7 +53,6 @@ def generate_recipe(cfg: DictConfig) -> dict:
 
 def embed_prompts(cfg: DictConfig) -> torch.Tensor:
     """The captions' CLIP-Text embeddings, as the training captions' (cached)."""
-    from mucs_pipeline.data.coco import _embed
+    from mucs_pipeline.data.coco import embed_captions
 
-    captions = list(cfg.generate.captions)
-    return _embed(captions, cfg.dataset, Path(cfg.dataset.cache_dir).expanduser())
+    return embed_captions(list(cfg.generate.captions), cfg.dataset)

@@ -67,7 +67,8 @@ class Method:
         return [self.score(i, x, c) for i, x, c in zip(indices, images, conds, strict=True)]
 
     def record(self, infos: list[dict]) -> dict:
-        """Entries of scores.pt beside scores and times, from every item's `info`."""
+        """Entries of scores.pt beside scores and times, from every item's file (its
+        scores, seconds and the `info` its method returned)."""
         return {}
 
     @classmethod

@@ -140,7 +140,7 @@ class MUCS(Method):
         from mucs_pipeline.evaluation.figures import trajectories
 
         path = folder / f"{prefix}trajectories.png"
-        trajectories(scores["trajectories"], scores["loss_null"], path, cfg.get("stop_ratio", 0.95))
+        trajectories(scores["trajectories"], scores["loss_null"], path, cfg.stop_ratio)
         return [path]
 
     @classmethod

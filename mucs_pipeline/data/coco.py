@@ -48,7 +48,10 @@ def _split_files(cfg: DictConfig, split: str) -> tuple[Path, Path]:
     return ann, images
 
 
-def _embed(captions: list[str], cfg: DictConfig, cache: Path) -> torch.Tensor:
+def embed_captions(captions: list[str], cfg: DictConfig, cache: Path | None = None) -> torch.Tensor:
+    """(N, D) CLIP-Text embeddings of captions, cached under `cache` (default: the dataset's
+    cache_dir): how every caption conditions the network (training, prompts, queries)."""
+    cache = Path(cfg.cache_dir).expanduser() if cache is None else cache
     key = io.config_hash(cfg.clip_model, cfg.clip_pretrained, captions)
     return io.cached(
         cache / f"clip_text-{key}.pt",
@@ -82,7 +85,7 @@ def load(cfg: DictConfig) -> ImageData:
     ann, images = _split_files(cfg, cfg.split)
     entries = read_captions(ann)
     pixels = _pixels(cfg, cfg.split, entries, images, ann)
-    options = _embed([c for _, caps in entries for c in caps], cfg, cache)  # (M, D)
+    options = embed_captions([c for _, caps in entries for c in caps], cfg, cache)  # (M, D)
     counts = torch.tensor([len(caps) for _, caps in entries])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     first = offsets[:-1] + torch.tensor(cfg.caption_index) % counts
@@ -92,7 +95,7 @@ def load(cfg: DictConfig) -> ImageData:
         x=pixels.float() / 127.5 - 1.0,
         labels=None,
         cond=options[first],
-        gen_cond=_embed(test_captions, cfg, cache),
+        gen_cond=embed_captions(test_captions, cfg, cache),
         cond_options=options if cfg.sample_captions else None,
         cond_offsets=offsets if cfg.sample_captions else None,
     )
@@ -103,5 +106,5 @@ def load_test(cfg: DictConfig) -> ImageData:
     ann, images = _split_files(cfg, cfg.test_split)
     entries = read_captions(ann)
     pixels = _pixels(cfg, cfg.test_split, entries, images, ann)
-    cond = _embed([caps[0] for _, caps in entries], cfg, Path(cfg.cache_dir).expanduser())
+    cond = embed_captions([caps[0] for _, caps in entries], cfg)
     return ImageData(x=pixels.float() / 127.5 - 1.0, labels=None, cond=cond)

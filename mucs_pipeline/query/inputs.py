@@ -195,10 +195,9 @@ def make_queries(
     if cfg.dataset.name == "coco":
         if captions is None or len(captions) != len(names):
             raise DatasetError(f"{len(names)} COCO queries need one caption each")
-        from mucs_pipeline.data.coco import _embed
+        from mucs_pipeline.data.coco import embed_captions
 
-        cache = Path(cfg.dataset.cache_dir).expanduser()
-        return Queries(names, images, None, _embed(captions, cfg.dataset, cache), captions)
+        return Queries(names, images, None, embed_captions(captions, cfg.dataset), captions)
     if labels is None or len(labels) != len(names):
         raise DatasetError(f"{len(names)} queries of a class-conditional dataset need a class each")
     ids = [

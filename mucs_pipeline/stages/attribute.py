@@ -106,7 +106,7 @@ def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, fig
     seconds and the method's own columns), the method's curves and the figures."""
     from mucs_pipeline import tracking
 
-    run = tracking.init(cfg, layout, "attribute", method, figures[0].parent)
+    run = tracking.init(cfg, layout, "attribute", method, layout.dir("attribute", method))
     if run is None:
         return
     import wandb

@@ -80,7 +80,7 @@ GRAPH = (
             lay.key("null_loss"),
             lay.method_cfg(m),
             pretrain_recipe(lay.cfg),
-            lay.cfg.trainer.bf16_scoring,  # scoring precision changes the scores
+            lay.cfg.trainer.bf16_scoring and lay.scores_in_bf16(m),  # it changes the scores
             *[lay.key("attribute", c) for c in lay.components(m)],
         ),
         reads=lambda lay, m: [
@@ -227,6 +227,10 @@ class Layout:
         """The methods whose scores an ensemble method combines (none for other methods)."""
         cfg = self.method_cfg(method)
         return method_class(cfg).components(cfg)
+
+    def scores_in_bf16(self, method: str) -> bool:
+        """Whether trainer.bf16_scoring changes `method`'s scores (network losses)."""
+        return method_class(self.method_cfg(method)).bf16_scoring
 
     def units(self, stage: str) -> list[str | None]:
         """The methods of a stage's units, in the order they run (None: a shared unit)."""

@@ -150,3 +150,19 @@ def test_noise_bank_size_is_robust_to_float_error_and_checks_the_fraction():
     )
     with pytest.raises(ValueError, match="schedule_fraction"):
         noise_bank(edm, (1, 2, 2), 3, 1.5, seed=0)
+
+
+def test_bf16_scoring_enters_the_keys_of_only_the_methods_it_changes(tmp_path):
+    """MUCS and Forward-INF score network losses under autocast: bf16 is a new unit; random
+    and pixel scores do not change, so a bf16 run reuses their float32 units (and retrains)."""
+    from conftest import make_cfg
+
+    from mucs_pipeline.layout import Layout
+
+    for method, changes in (("mucs", True), ("forward_inf", True), ("pixel", False)):
+        keys = [
+            Layout(make_cfg(tmp_path, f"method={method}", f"trainer.bf16_scoring={b}"))
+            for b in ("false", "true")
+        ]
+        assert (keys[0].key("attribute", method) != keys[1].key("attribute", method)) == changes
+        assert keys[0].key("retrain", "random") == keys[1].key("retrain", "random")

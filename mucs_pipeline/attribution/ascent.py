@@ -32,6 +32,8 @@ from mucs_pipeline.attribution.scoring import cached_loss_matrix, loss_matrix, t
 class LossChange(Method):
     """Shared parts: the scoring bank, F1's cached losses, the generated item's loss."""
 
+    bf16_scoring = True
+
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)
         shape = tuple(ctx.data.x.shape[1:])

@@ -47,6 +47,9 @@ class Method:
     name: str = ""
     # The proposed method: the reference row (R) of the ensemble and ablation tables.
     reference: bool = False
+    # Its scores are network losses that trainer.bf16_scoring computes under autocast (it
+    # then enters the method's keys; other methods' scores, and keys, do not change).
+    bf16_scoring: bool = False
 
     def __init__(self, cfg: DictConfig, ctx: Context):
         self.cfg, self.ctx = cfg, ctx

@@ -35,6 +35,7 @@ SCORE_RULES = {"skew": normalized_skew, "subtract": loss_subtraction}
 class MUCS(Method):
     name = "mucs"
     reference = True
+    bf16_scoring = True
 
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)

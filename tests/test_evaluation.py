@@ -99,3 +99,34 @@ def test_control_items_use_a_two_sided_test():
     auc, p_two = compare_two_sided(higher, lower)
     assert auc == 0.0 and p_two < 0.05  # a change in either direction is detected
     assert p_two == pytest.approx(mannwhitneyu(lower, higher, alternative="two-sided").pvalue)
+
+
+@pytest.mark.parametrize("shift", [0.4, 0.8])
+def test_items_needed_matches_a_direct_simulation_and_shrinks_with_the_effect(shift):
+    """From large samples of a known shift, the estimated N reaches about 80% power when
+    simulated from the true distributions; a larger shift needs fewer items."""
+    from mucs_pipeline.evaluation.stats import items_needed
+
+    rng = np.random.default_rng(0)
+    n = items_needed(rng.normal(-shift, 1, 4000), rng.normal(0, 1, 4000), alpha=0.01)
+    twice = items_needed(rng.normal(-2 * shift, 1, 4000), rng.normal(0, 1, 4000), alpha=0.01)
+    assert twice < n / 2.5  # about n / 4: N scales with 1 / effect^2
+    sims = mannwhitneyu(
+        rng.normal(0, 1, (2000, n)), rng.normal(-shift, 1, (2000, n)),
+        alternative="greater", axis=1,
+    ).pvalue  # fmt: skip
+    assert 0.7 <= np.mean(sims < 0.01) <= 0.9
+    assert items_needed(rng.normal(0.5, 1, 40), rng.normal(0, 1, 40)) is None  # less change
+
+
+def test_a_result_that_is_not_significant_says_how_many_items_would_be():
+    from mucs_pipeline.evaluation.protocol import power_note
+
+    row = {"method": "mucs", "metric": "ssim", "subset": "target", "significant": False,
+           "n_items": 40, "p_value": 0.14, "auc": 0.6, "diff_pct": -3.2, "diff_ci": 4.1,
+           "items_needed": 90}  # fmt: skip
+    note = power_note([row, {**row, "significant": True, "metric": "neg_mse"}], 0.01, seeds=2)
+    assert "mucs ssim: not significant with 40 items" in note and "neg_mse" not in note
+    assert "about 90 items" in note and "`-m seed=0,1,2,3,4` (5 runs of 20 items)" in note
+    assert "no number of items" in power_note([{**row, "items_needed": None}], 0.01, 1)
+    assert power_note([{**row, "significant": True}], 0.01, 1) == ""

@@ -57,6 +57,8 @@ def test_full_run_writes_every_artifact(finished):
         (m, s) for m in ("ssim", "neg_mse") for s in ("target", "control")
     }
     assert all(0 <= float(r["auc"]) <= 1 and r["method"] == "mucs" for r in rows)
+    assert "items_needed" in rows[0]  # 2 micro items are never significant: the power note
+    assert "not significant with 2 items" in (d("evaluate") / "results.md").read_text()
     assert (d("evaluate") / "results.md").exists() and (
         d("evaluate") / "regenerations.png"
     ).exists()

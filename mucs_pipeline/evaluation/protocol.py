@@ -7,8 +7,14 @@ from pathlib import Path
 
 import torch
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import rng
-from mucs_pipeline.evaluation.stats import compare, compare_two_sided, normalized_difference
+from mucs_pipeline.evaluation.stats import (
+    compare,
+    compare_two_sided,
+    items_needed,
+    normalized_difference,
+)
 from mucs_pipeline.evaluation.tables import write_table
 from mucs_pipeline.layout import BASELINE
 
@@ -26,6 +32,7 @@ COLUMNS = [
     "num_removed_random",
     "diff_pct",
     "diff_ci",
+    "items_needed",
 ]
 
 
@@ -88,13 +95,50 @@ def result_rows(
                     "num_removed_random": removed[BASELINE],
                     "diff_pct": diff,  # App. B.1, % (negative: more change than random)
                     "diff_ci": ci,  # half-width of its 95% confidence interval
+                    # Targets: items the U test needs for p < alpha at 80% power at this
+                    # effect (None: none would do); controls test for no effect.
+                    "items_needed": items_needed(s_m, s_r, alpha) if subset == "target" else None,
                 }
             )
     return rows
 
 
-def write_results(rows: list[dict], folder: Path, runs: str) -> str:
+def power_note(rows: list[dict], alpha: float, seeds: int) -> str:
+    """Under the table, for each target result that is not significant: the effect, about
+    how many items would make it so, and the commands that pool that many (`seeds` runs
+    gave the rows' items)."""
+    lines = []
+    for r in rows:
+        if r["subset"] != "target" or r["significant"]:
+            continue
+        n, needed = r["n_items"], r["items_needed"]
+        head = (f"{r['method']} {r['metric']}: not significant with {n} items (p = "
+                f"{r['p_value']:.2g}, AUC {r['auc']:.3f}, difference {r['diff_pct']:+.1f}% "
+                f"± {r['diff_ci']:.1f})")  # fmt: skip
+        if needed is None:
+            lines.append(
+                f"- {head}; no number of items would make this effect significant: the "
+                "removals changed regenerations no more than random removal did"
+            )
+            continue
+        runs = -(-needed * seeds // n)  # seeds of the same size, rounded up
+        lines.append(
+            f"- {head}; about {needed} items would give p < {alpha} in 80% of experiments "
+            f"at this effect: `-m seed={','.join(map(str, range(runs)))}` ({runs} runs of "
+            f"{n // seeds} items), then `python -m mucs_pipeline.report <runs_dir>` pools them"
+        )
+    return ("\nPower (one-sided U test, by resampling the observed similarities):\n"
+            + "\n".join(lines) + "\n") if lines else ""  # fmt: skip
+
+
+def write_results(rows: list[dict], folder: Path, runs: str, alpha: float, seeds: int = 1) -> str:
     """results.md, .csv, .tex and .json of result rows in `folder` (the evaluate stage's
-    and the report's pooled ones; `runs` says which runs); returns the Markdown."""
+    and the report's pooled ones of `seeds` runs; `runs` says which), with the power note
+    under the Markdown table; returns the Markdown."""
     caption = f"Leave-k-out results against random removal ({runs})"
-    return write_table(rows, COLUMNS, folder / "results", caption)
+    markdown = write_table(rows, COLUMNS, folder / "results", caption)
+    note = power_note(rows, alpha, seeds)
+    if note:
+        markdown += note
+        io.atomic_write_text(folder / "results.md", markdown)
+    return markdown

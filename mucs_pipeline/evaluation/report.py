@@ -114,7 +114,9 @@ def report(root: Path, alpha: float = 0.01, runs: list[dict] | None = None) -> l
         out = root / "report" / f"{name}-{method}-{key}"
         out.mkdir(parents=True, exist_ok=True)
         seeds = [i["seed"] for i in infos]
-        table = write_results(rows, out, f"{name}, {method}, seeds {seeds} pooled")
+        table = write_results(
+            rows, out, f"{name}, {method}, seeds {seeds} pooled", alpha, seeds=len(folders)
+        )
         pooled = [f.relative_to(root).as_posix() for f in folders]  # relative: the folder moves
         io.atomic_write_text(out / "runs.json", json.dumps(pooled, indent=2))
         print(f"\n{name} / {method}: {len(folders)} runs (seeds {seeds}) pooled -> {out}\n{table}")

@@ -35,7 +35,9 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
     # Metrics skipped for missing weights (metric.skip_unavailable) are absent from sims.
     names = [n for n in cfg.metric.names if n in sims["target"][cfg.method.name]]
     rows = result_rows(cfg.method.name, sims, names, cfg.evaluate.alpha, removed)
-    write_results(rows, folder, f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}")
+    write_results(
+        rows, folder, f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}", cfg.evaluate.alpha
+    )
     run_info = {
         "name": cfg.name,
         "seed": cfg.seed,

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mucs_pipeline.data.base import DatasetError
 from mucs_pipeline.query import attribute_queries
 from mucs_pipeline.query.inputs import load_queries, make_queries, query_files
+from mucs_pipeline.training import resolve_epochs
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -59,6 +60,7 @@ class Run:
             torch.set_num_threads(self.cfg.trainer.threads)
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         self.data = common.dataset(self.cfg)
+        resolve_epochs(self.cfg, len(self.data))  # pretrain.epochs -> pretrain.steps
         if init_from(self.cfg) is not None:
             load_init(self.cfg, self.data)  # a network of another architecture stops here
         self.folder: Path | None = None  # where the last call wrote its CSV and figures
@@ -80,6 +82,7 @@ class Run:
         """
         given = {"method": method, "query.top_k": top_k}
         cfg = compose([*self.overrides, *[f"{k}={v}" for k, v in given.items() if v is not None]])
+        resolve_epochs(cfg, len(self.data))
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1:] != self.data.x.shape[1:]:
                 raise DatasetError(

@@ -39,8 +39,10 @@ def run(cfg: DictConfig) -> dict:
         return {"query": run_queries(cfg)}
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
+    from mucs_pipeline.training import resolve_epochs
 
     data = common.dataset(cfg)  # read first: an unreadable image stops the run before compute
+    resolve_epochs(cfg, len(data))  # pretrain.epochs -> pretrain.steps
     if init_from(cfg) is not None:
         load_init(cfg, data)  # a network of another architecture stops the run here
     if "retrain" in cfg.stages:

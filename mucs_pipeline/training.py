@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -284,6 +285,16 @@ def make_trainer(
         enable_progress_bar=cfg.trainer.progress_bar and is_terminal(),
         **kwargs,
     )
+
+
+def resolve_epochs(cfg: DictConfig, num_items: int) -> None:
+    """`pretrain.epochs` (passes over the training set) as `pretrain.steps`: ceil(epochs x
+    items / batch_size), so that folders of any size are fitted alike; retraining follows
+    through `retrain.steps: ${pretrain.steps}`. Called once the training set is read;
+    nothing changes when epochs is null."""
+    epochs = cfg.pretrain.get("epochs")
+    if epochs is not None:
+        cfg.pretrain.steps = math.ceil(epochs * num_items / cfg.pretrain.batch_size)
 
 
 def train(

@@ -129,6 +129,7 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("pretrain.cond_drop", lambda v: 0 <= v < 1, "a number in [0, 1)"),
         ("pretrain.augment.p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
         ("pretrain.patience", *positive_int),
+        ("pretrain.epochs", lambda v: v > 0, "a number of passes > 0"),  # null: pretrain.steps
         ("pretrain.validate_every", *positive_int),
         ("pretrain.checkpoint_every", *positive_int),
         ("retrain.steps", *positive_int),

@@ -36,9 +36,12 @@ def fingerprint(cfg: DictConfig) -> str | None:
 
 
 def pretrain_recipe(cfg: DictConfig) -> dict:
-    """`cfg.pretrain` as the keys hash it: `init_from` by its file's content, and absent
-    when unset (so the keys of runs before the option existed stay the same)."""
+    """`cfg.pretrain` as the keys hash it: `init_from` by its file's content; it and
+    `epochs` absent when unset (so the keys of runs before the options existed stay the
+    same; `epochs` has set `steps` by then, see training.resolve_epochs)."""
     recipe = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    if recipe.get("epochs", 0) is None:
+        del recipe["epochs"]
     if recipe.pop("init_from", None) is not None:
         recipe["init_from"] = fingerprint(cfg)
     return recipe

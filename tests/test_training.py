@@ -71,3 +71,21 @@ def test_augmentation_draws_after_the_noise(tmp_path):
         unflipped = training_losses(net, EDM(), data, idx, gen(), cpu, augment=None)
     assert 0 < which.sum() < 16
     assert torch.equal(augmented, plain) and not torch.equal(augmented, unflipped)
+
+
+@pytest.mark.parametrize("subset, steps", [(40, 5), (120, 15)])
+def test_pretrain_epochs_sets_the_step_count_from_the_training_set_size(tmp_path, subset, steps):
+    """2 passes at batch 16: ceil(2 x items / 16) updates, pretraining and retraining alike."""
+    from mucs_pipeline import pipeline
+    from mucs_pipeline.layout import Layout
+    from mucs_pipeline.weights import pretrain_recipe
+
+    overrides = [f"dataset.subset={subset}", "pretrain.epochs=2", "pretrain.batch_size=16"]
+    cfg = make_cfg(tmp_path, *overrides, "stages=[pretrain]")
+    pipeline.run(cfg)
+    assert cfg.pretrain.steps == cfg.retrain.steps == steps
+    assert Layout(cfg).manifest("pretrain")["metrics"]["steps"] == steps
+    # Unset, it leaves the keys of earlier runs as they were.
+    plain = make_cfg(tmp_path, f"dataset.subset={subset}")
+    assert "epochs" not in pretrain_recipe(plain)
+    assert pretrain_recipe(make_cfg(tmp_path, "pretrain.epochs=2"))["epochs"] == 2

@@ -287,6 +287,21 @@ def make_trainer(
     )
 
 
+@torch.inference_mode()
+def mean_training_loss(cfg: DictConfig, net: torch.nn.Module, data: ImageData, diffusion) -> float:
+    """Mean L of `net` over null_loss.num_batches x batch_size draws of (z, sigma, n), z
+    without replacement: L_null's draws, so that any network's loss compares to it."""
+    total, count = 0.0, 0
+    b = min(cfg.null_loss.batch_size, len(data))
+    device = next(net.parameters()).device
+    for i in range(cfg.null_loss.num_batches):
+        gen = rng.generator("null-loss", cfg.seed, i)
+        idx = torch.randperm(len(data), generator=gen)[:b]
+        total += training_losses(net, diffusion, data, idx, gen, device).sum().item()
+        count += b
+    return total / count
+
+
 def resolve_epochs(cfg: DictConfig, num_items: int) -> None:
     """`pretrain.epochs` (passes over the training set) as `pretrain.steps`: ceil(epochs x
     items / batch_size), so that folders of any size are fitted alike; retraining follows

@@ -130,3 +130,14 @@ def test_a_result_that_is_not_significant_says_how_many_items_would_be():
     assert "about 90 items" in note and "`-m seed=0,1,2,3,4` (5 runs of 20 items)" in note
     assert "no number of items" in power_note([{**row, "items_needed": None}], 0.01, 1)
     assert power_note([{**row, "significant": True}], 0.01, 1) == ""
+
+
+def test_nearest_share_is_one_for_copies_and_zero_for_far_images():
+    from mucs_pipeline.evaluation.diagnostics import markdown, nearest_share
+
+    train = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert nearest_share(train[:10].clone(), train, seed=0) == 1.0
+    assert nearest_share(train[:10] + 5, train, seed=0) == 0.0
+    d = {"diagnostic": "fit: x", "value": 0.5, "meaning": "why"}
+    text = markdown({0: [d], 1: [{**d, "value": 0.25}]})
+    assert "- fit: x: **0.5** (seed 0), **0.25** (seed 1). why." in text

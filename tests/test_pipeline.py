@@ -58,7 +58,18 @@ def test_full_run_writes_every_artifact(finished):
     }
     assert all(0 <= float(r["auc"]) <= 1 and r["method"] == "mucs" for r in rows)
     assert "items_needed" in rows[0]  # 2 micro items are never significant: the power note
-    assert "not significant with 2 items" in (d("evaluate") / "results.md").read_text()
+    results_md = (d("evaluate") / "results.md").read_text()
+    assert "not significant with 2 items" in results_md
+    run_json = json.loads((d("evaluate") / "run.json").read_text())
+    diags = {x["diagnostic"]: x["value"] for x in run_json["diagnostics"]}
+    drift = diags["drift: ssim of originals to random-removal regenerations"]
+    (ssim,) = [r for r in rows if r["subset"] == "target" and r["metric"] == "ssim"]
+    assert drift == pytest.approx(float(ssim["mean_similarity_random"]))
+    assert 0 < diags["fit: F1's training loss / L_null (the same draws)"] < 2
+    assert diags["mucs: unlearnings that hit method.max_steps"] == int(
+        mucs_scores["hit_max_steps"].sum()
+    )
+    assert "Diagnostics of the setup:" in results_md and "fit: F1's training loss" in results_md
     assert (d("evaluate") / "results.md").exists() and (
         d("evaluate") / "regenerations.png"
     ).exists()

@@ -131,14 +131,16 @@ def power_note(rows: list[dict], alpha: float, seeds: int) -> str:
             + "\n".join(lines) + "\n") if lines else ""  # fmt: skip
 
 
-def write_results(rows: list[dict], folder: Path, runs: str, alpha: float, seeds: int = 1) -> str:
+def write_results(
+    rows: list[dict], folder: Path, runs: str, alpha: float, seeds: int = 1, notes: str = ""
+) -> str:
     """results.md, .csv, .tex and .json of result rows in `folder` (the evaluate stage's
     and the report's pooled ones of `seeds` runs; `runs` says which), with the power note
-    under the Markdown table; returns the Markdown."""
+    and `notes` (Markdown: the diagnostics) under the Markdown table; returns the Markdown."""
     caption = f"Leave-k-out results against random removal ({runs})"
     markdown = write_table(rows, COLUMNS, folder / "results", caption)
-    note = power_note(rows, alpha, seeds)
-    if note:
-        markdown += note
+    notes = power_note(rows, alpha, seeds) + notes
+    if notes:
+        markdown += notes
         io.atomic_write_text(folder / "results.md", markdown)
     return markdown

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.cli import one_line_errors
+from mucs_pipeline.evaluation import diagnostics
 from mucs_pipeline.evaluation.comparison import comparison_report, paper_order, pool
 from mucs_pipeline.evaluation.protocol import result_rows, write_results
 from mucs_pipeline.layout import read_manifest
@@ -114,8 +115,9 @@ def report(root: Path, alpha: float = 0.01, runs: list[dict] | None = None) -> l
         out = root / "report" / f"{name}-{method}-{key}"
         out.mkdir(parents=True, exist_ok=True)
         seeds = [i["seed"] for i in infos]
+        notes = diagnostics.markdown({i["seed"]: i.get("diagnostics") for i in infos})
         table = write_results(
-            rows, out, f"{name}, {method}, seeds {seeds} pooled", alpha, seeds=len(folders)
+            rows, out, f"{name}, {method}, seeds {seeds} pooled", alpha, len(folders), notes
         )
         pooled = [f.relative_to(root).as_posix() for f in folders]  # relative: the folder moves
         io.atomic_write_text(out / "runs.json", json.dumps(pooled, indent=2))

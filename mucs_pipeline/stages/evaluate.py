@@ -9,11 +9,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
+from mucs_pipeline.evaluation import diagnostics
 from mucs_pipeline.evaluation.figures import save_grid, similarity_distributions
 from mucs_pipeline.evaluation.metrics import similarities
 from mucs_pipeline.evaluation.protocol import COLUMNS, result_rows, top_k, write_results
 from mucs_pipeline.layout import BASELINE, Layout
-from mucs_pipeline.stages import common
+from mucs_pipeline.stages import common, null_loss
+from mucs_pipeline.training import mean_training_loss
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,10 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
     # Metrics skipped for missing weights (metric.skip_unavailable) are absent from sims.
     names = [n for n in cfg.metric.names if n in sims["target"][cfg.method.name]]
     rows = result_rows(cfg.method.name, sims, names, cfg.evaluate.alpha, removed)
+    diags = setup_diagnostics(cfg, layout, original["target"], rows)
+    runs = f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}"
     write_results(
-        rows, folder, f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}", cfg.evaluate.alpha
+        rows, folder, runs, cfg.evaluate.alpha, notes=diagnostics.markdown({cfg.seed: diags})
     )
     run_info = {
         "name": cfg.name,
@@ -57,6 +61,7 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
         "generate": layout.relative(layout.require("generate")),
         "method_cfg": OmegaConf.to_container(cfg.method, resolve=True),
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "diagnostics": diags,
     }
     io.atomic_write_text(folder / "run.json", json.dumps(run_info, indent=2))
     regenerations_figure(original, regen, sims["target"], names[0], folder / "regenerations.png")
@@ -64,8 +69,20 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
         similarity_distributions(
             sims["target"], BASELINE, metric, folder / f"similarity_{metric}.png"
         )
-    log_wandb(cfg, layout, rows, folder)
+    log_wandb(cfg, layout, rows, diags, folder)
     return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
+
+
+def setup_diagnostics(cfg: DictConfig, layout: Layout, items: dict, rows: list[dict]):
+    """evaluation.diagnostics of this run: F1's fit (its loss on L_null's draws, and how
+    near its generations are to training images) and the unlearnings that hit their cap."""
+    data = common.dataset(cfg)
+    f1 = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")
+    fit = mean_training_loss(cfg, f1, data, common.diffusion(cfg)) / null_loss.read(layout)
+    near = diagnostics.nearest_share(items["images"], data.x, cfg.seed)
+    summaries = {m: layout.manifest("attribute", m)["metrics"] for m in layout.methods}
+    capped = {m: s["hit_max_steps"] for m, s in summaries.items() if "hit_max_steps" in s}
+    return diagnostics.diagnostics(rows, fit, near, capped, len(items["images"]))
 
 
 def regenerations_figure(original: dict, regen: dict, sims: dict, metric: str, path: Path):
@@ -83,7 +100,7 @@ def regenerations_figure(original: dict, regen: dict, sims: dict, metric: str, p
     )
 
 
-def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], folder: Path) -> None:
+def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], diags: list, folder: Path) -> None:
     """The evaluate stage's W&B run: AUCs and p as summary numbers, the results table
     (numeric columns), the regenerations and the similarity histograms."""
     from mucs_pipeline import tracking
@@ -94,8 +111,10 @@ def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], folder: Path) -
     import wandb
 
     for r in rows:
-        for k in ("auc", "p_value", "diff_pct", "diff_ci"):
+        for k in ("auc", "p_value", "diff_pct", "diff_ci", "items_needed"):
             run.summary[f"{r['subset']}/{r['metric']}/{k}"] = r[k]
+    for d in diags:
+        run.summary[f"diagnostics/{d['diagnostic']}"] = d["value"]
     run.log({"results": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows])})
     run.log({"regenerations": wandb.Image(str(folder / "regenerations.png"))})
     for path in sorted(folder.glob("similarity_*.png")):

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import rng
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.stages import common
-from mucs_pipeline.training import init_model, training_losses
+from mucs_pipeline.training import init_model, mean_training_loss
 
 
-@torch.inference_mode()
 def estimate_loss_null(cfg: DictConfig, data, diffusion) -> float:
-    """Mean L over num_batches x batch_size draws of (z, sigma, n); z without replacement."""
-    net = init_model(cfg, data, cfg.seed).eval()
-    total, count = 0.0, 0
-    b = min(cfg.null_loss.batch_size, len(data))
-    for i in range(cfg.null_loss.num_batches):
-        gen = rng.generator("null-loss", cfg.seed, i)
-        idx = torch.randperm(len(data), generator=gen)[:b]
-        total += training_losses(net, diffusion, data, idx, gen, torch.device("cpu")).sum().item()
-        count += b
-    return total / count
+    """Mean L of a freshly initialised network over L_null's draws."""
+    return mean_training_loss(cfg, init_model(cfg, data, cfg.seed).eval(), data, diffusion)
 
 
 def run(cfg: DictConfig, layout: Layout) -> dict:

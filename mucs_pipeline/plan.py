@@ -36,47 +36,67 @@ def attribution_cost(method: DictConfig, n: int, m: int) -> tuple[int, int, int]
     return method_class(method).cost(method, n, m)
 
 
-def measure(cfg: DictConfig, data) -> dict[str, float]:
+def measure(cfg: DictConfig, data, call_budget: float = 0.25) -> dict[str, float]:
     """Seconds per sample of the configured network on this machine's device: a forward
-    (`forward`) and a training step (`train`: forward, backward, AdamW update)."""
+    (`forward`, at the scoring batch) and a training step (`train`: forward, backward,
+    AdamW update, at pretrain.batch_size); and the batches they were timed at.
+
+    A small network's time per sample falls with the batch (each call has fixed costs),
+    a large one's does not: the batch starts at 32 and grows 4x up to the work's own
+    while 4 calls stay under `call_budget` seconds, so a tiny model is timed as it runs
+    and a DiT/B on a CPU costs no more than a few batches of 32."""
     from mucs_pipeline.stages import common
     from mucs_pipeline.training import init_model
 
     device = common.device(cfg)
     net = init_model(cfg, data, cfg.seed).to(device)
     diffusion = common.diffusion(cfg)
-    b = min(cfg.pretrain.batch_size, 32, len(data))
     gen = torch.Generator().manual_seed(0)
-    x = data.x[:b].to(device)
-    cond = None if data.cond is None else data.cond[:b].to(device)
-    sigma = diffusion.training_sigma(b, gen).to(device)
-    noise = torch.randn(x.shape, generator=gen).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-12)
 
-    def timed(fn, reps: int = 5) -> float:
-        """The fastest of `reps` calls, per sample: other jobs only ever slow a call down."""
-        fn(), fn()  # warm-up: allocation, kernels, lazy initialisation
+    def inputs(b: int) -> tuple:
+        idx = torch.arange(b) % len(data)  # a batch larger than the set repeats it
+        cond = None if data.cond is None else data.cond[idx].to(device)
+        sigma = diffusion.training_sigma(b, gen).to(device)
+        noise = torch.randn((b, *data.x.shape[1:]), generator=gen).to(device)
+        return data.x[idx].to(device), cond, sigma, noise
+
+    def timed(fn, args, reps: int = 5) -> float:
+        """The fastest of `reps` calls: other jobs only ever slow a call down."""
+        fn(*args), fn(*args)  # warm-up: allocation, kernels, lazy initialisation
         best = float("inf")
         for _ in range(reps):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            fn()
+            fn(*args)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             best = min(best, time.perf_counter() - start)
-        return best / b
+        return best
 
-    def forward() -> None:
+    def per_sample(fn, target: int) -> tuple[float, int]:
+        b = min(target, 32)
+        while True:
+            seconds = timed(fn, inputs(b))
+            if b >= target or 4 * seconds > call_budget:
+                return seconds / b, b
+            b = min(target, 4 * b)
+
+    def forward(x, cond, sigma, noise) -> None:
         with torch.no_grad():
             diffusion.loss(net, x, cond, sigma, noise)
 
-    def train_step() -> None:
+    def train_step(x, cond, sigma, noise) -> None:
         opt.zero_grad()
         diffusion.loss(net, x, cond, sigma, noise).mean().backward()
         opt.step()
 
-    return {"forward": timed(forward), "train": timed(train_step)}
+    score_batch = cfg.method.get("score_batch") or cfg.null_loss.batch_size
+    rate, forward_batch = per_sample(forward, score_batch)
+    train, train_batch = per_sample(train_step, cfg.pretrain.batch_size)
+    return {"forward": rate, "train": train, "forward_batch": forward_batch,
+            "train_batch": train_batch}  # fmt: skip
 
 
 def unit_seconds(row: dict, method_cfg: DictConfig | None, n: int, m: int, rate: dict) -> float:
@@ -155,7 +175,8 @@ def render(rows: list[dict], rate: dict | None = None) -> str:
         total = sum(r["seconds"] for r in todo)
         lines.append(
             f"about {duration(total)} on this machine (at most, where a stop rule may end "
-            f"early), at {1e3 * rate['forward']:.3g} ms per sample forward and "
-            f"{1e3 * rate['train']:.3g} ms per sample training step, timed just now"
+            f"early), at {1e3 * rate['forward']:.3g} ms per sample forward (batch "
+            f"{rate['forward_batch']}) and {1e3 * rate['train']:.3g} ms per sample training "
+            f"step (batch {rate['train_batch']}), timed just now"
         )
     return "\n".join(lines)

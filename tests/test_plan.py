@@ -13,7 +13,7 @@ def test_plan_times_each_unit_on_this_machine(tmp_path):
     cfg = make_cfg(tmp_path, "plan=true")
     out = pipeline.run(cfg)
     rate, rows = out["rate"], out["plan"]
-    assert 0 < rate["forward"] < rate["train"]  # a training step also runs backward
+    assert rate["forward"] > 0 and rate["train"] > 0  # timed at different batches (see below)
     by_unit = {(r["stage"], r["method"]): r for r in rows}
     pretrain = by_unit["pretrain", ""]
     assert pretrain["seconds"] == pretrain["forwards"] * rate["train"]
@@ -37,3 +37,17 @@ def test_plan_on_the_command_line_writes_no_folder(tmp_path):
         r"^pretrain +run +[\d,]+ +12 +[\d.]+ (h \d+ min|min \d+ s|s) ", out.stdout, re.M
     )
     assert re.search(r"about .+ on this machine", out.stdout)
+
+
+def test_a_fast_network_is_timed_at_the_batches_its_work_uses(tmp_path):
+    """The batch grows from 32 to the work's own while calls stay within the budget: a
+    tiny network's per-call overheads weigh as they will (at 32, digits' plan was 10x slow)."""
+    from mucs_pipeline.plan import measure
+    from mucs_pipeline.stages.common import dataset
+
+    cfg = make_cfg(tmp_path)
+    data = dataset(cfg)
+    grown = measure(cfg, data, call_budget=float("inf"))
+    assert (grown["train_batch"], grown["forward_batch"]) == (cfg.pretrain.batch_size, 2000)
+    kept = measure(cfg, data, call_budget=0.0)
+    assert (kept["train_batch"], kept["forward_batch"]) == (32, 32)

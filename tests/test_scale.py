@@ -206,6 +206,7 @@ def test_two_ddp_processes_score_and_retrain_like_one(tmp_path):
          "mucs_pipeline", *micro([experiment]), f"paths.runs_dir={two}", experiment, stages,
          "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.compile_scoring=false",  # as on CPU: compiled kernels round differently
+         "trainer.bf16_scoring=false",  # as on CPU (trainer=ddp takes gpu's bf16 scoring)
          "hydra.verbose=mucs_pipeline.attribution.scoring"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

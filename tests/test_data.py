@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import CONF, write_cifar_batches, write_coco
@@ -163,3 +166,27 @@ def test_generated_items_take_test_captions(tmp_path):
     cfg.generate.num_items = 9
     with pytest.raises(ValueError, match="generation conditions"):
         item_plan(cfg, data)
+
+
+def test_example_folders_are_reproducible_and_read_as_their_classes(tmp_path):
+    """scripts/make_folders.py: the issue-22 folders, from images shipped in installed packages."""
+    spec = importlib.util.spec_from_file_location(
+        "make_folders", Path(__file__).resolve().parent.parent / "scripts" / "make_folders.py"
+    )
+    make_folders = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_folders)
+    for out in ("a", "b"):
+        make_folders.main(["--out", str(tmp_path / out), "--per-class", "3"])
+    first = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(first) == 8 * 3 + 200
+    same = [(tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in first]
+    assert all(same)
+
+    photos = build_dataset(folder_cfg(tmp_path / "a" / "photos", resolution=8))
+    assert photos.x.shape == (24, 3, 8, 8) and len(photos.class_names) == 8
+    assert photos.x.std(dim=(2, 3)).min() > 0  # crops of photographs, not flat colour
+    faces = build_dataset(folder_cfg(tmp_path / "a" / "faces", channels=1))
+    assert faces.x.shape == (200, 1, 16, 16) and faces.class_names == ["background", "face"]
+    assert faces.labels.bincount().tolist() == [100, 100]
+    with pytest.raises(SystemExit):  # never writes into a folder that already has images
+        make_folders.main(["--out", str(tmp_path / "a")])

@@ -38,7 +38,8 @@ def diagnostics(rows: list[dict], fit_loss: float, near: float, capped: dict[str
                 "value": r["mean_similarity_random"],
                 "meaning": "how much regeneration changes whatever is removed (the noise the "
                 "method's effect must stand out from); a better-fitted F1 (pretrain.steps or "
-                "pretrain.epochs) and common random numbers (retrain.crn) keep it near identical",
+                "pretrain.epochs) and common random numbers "
+                "(retrain.common_random_numbers) keep it near identical",
             })  # fmt: skip
         else:
             out.append({

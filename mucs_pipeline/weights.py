@@ -36,12 +36,12 @@ def fingerprint(cfg: DictConfig) -> str | None:
 
 
 def pretrain_recipe(cfg: DictConfig) -> dict:
-    """`cfg.pretrain` as the keys hash it: `init_from` by its file's content; it and
-    `epochs` absent when unset (so the keys of runs before the options existed stay the
-    same; `epochs` has set `steps` by then, see training.resolve_epochs)."""
+    """`cfg.pretrain` as the keys hash it: `init_from` by its file's content, absent when
+    unset (so the keys of runs before the option existed stay the same), and never
+    `epochs`, which has set `steps` by then (training.resolve_epochs): the keys hash what
+    is trained, so 640 passes over 600 items share the units of 3,000 steps."""
     recipe = OmegaConf.to_container(cfg.pretrain, resolve=True)
-    if recipe.get("epochs", 0) is None:
-        del recipe["epochs"]
+    recipe.pop("epochs", None)
     if recipe.pop("init_from", None) is not None:
         recipe["init_from"] = fingerprint(cfg)
     return recipe

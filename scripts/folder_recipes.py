@@ -42,7 +42,7 @@ FOLDERS = {
 # One knob each, against `default` (the project's default recipe, 3,000 steps).
 SETTINGS = {
     "default": [],
-    "epochs640": ["pretrain.epochs=640"],  # digits' 3,000 steps over 600 items, any size
+    "epochs640": ["pretrain.epochs=640"],  # 3,000 steps on 600 items (photos: default's units)
     "epochs1280": ["pretrain.epochs=1280"],
     "wide": ["model.hidden=128", "model.cond_width=128"],
     "k5": ["evaluate.k_fraction=0.05"],

@@ -85,7 +85,9 @@ def test_pretrain_epochs_sets_the_step_count_from_the_training_set_size(tmp_path
     pipeline.run(cfg)
     assert cfg.pretrain.steps == cfg.retrain.steps == steps
     assert Layout(cfg).manifest("pretrain")["metrics"]["steps"] == steps
-    # Unset, it leaves the keys of earlier runs as they were.
-    plain = make_cfg(tmp_path, f"dataset.subset={subset}")
-    assert "epochs" not in pretrain_recipe(plain)
-    assert pretrain_recipe(make_cfg(tmp_path, "pretrain.epochs=2"))["epochs"] == 2
+    # The keys hash what is trained: the same steps given directly share the units, and
+    # runs from before the option existed keep their keys.
+    given = [f"dataset.subset={subset}", "pretrain.batch_size=16", f"pretrain.steps={steps}"]
+    plain = make_cfg(tmp_path, *given, "stages=[pretrain]")
+    assert Layout(plain).key("pretrain") == Layout(cfg).key("pretrain")
+    assert "epochs" not in pretrain_recipe(cfg) and pretrain_recipe(plain)["steps"] == steps

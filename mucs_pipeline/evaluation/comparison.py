@@ -337,7 +337,7 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
 
     from mucs_pipeline.data import build_dataset
     from mucs_pipeline.data.base import DatasetError
-    from mucs_pipeline.evaluation.figures import save_grid
+    from mucs_pipeline.evaluation.figures import save_top_k
 
     first = c.runs[c.labels[0]][0]
     try:
@@ -350,10 +350,5 @@ def top_k_figures(c: Comparison, out: Path, n_items: int = 4, n_top: int = 8) ->
         run = c.runs[lb][0]
         scores = io.load(run["attribute"][c.method[lb]] / "scores.pt")["scores"][:n_items]
         top = top_k_indices(scores, n_top, run["seed"])
-        rows = [torch.cat([items[i : i + 1], data.x[top[i]]]) for i in range(len(items))]
-        captions = [["generated", *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top]
-        save_grid(
-            rows, out / f"fig_top_k_{_slug(lb)}.png",
-            [f"item {i}" for i in range(len(items))], captions,
-            title=f"{lb} (seed {run['seed']}): generated items, their top-{n_top} training items",
-        )  # fmt: skip
+        title = f"{lb} (seed {run['seed']}): generated items, their top-{n_top} training items"
+        save_top_k(items, data.x, top, out / f"fig_top_k_{_slug(lb)}.png", "generated", title)

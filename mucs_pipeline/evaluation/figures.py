@@ -63,6 +63,18 @@ def save_grid(
     _save(fig, path, dpi=100)  # one canvas pixel per output pixel
 
 
+def save_top_k(items: torch.Tensor, train_x: torch.Tensor, top, path: Path, kind: str, title: str):
+    """One row per item: the item (captioned `kind`), then its top training items
+    `top[i]`, each captioned by rank and training index."""
+    save_grid(
+        [torch.cat([items[i : i + 1], train_x[t]]) for i, t in enumerate(top)],
+        path,
+        [f"item {i}" for i in range(len(top))],
+        [[kind, *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
+        title=title,
+    )
+
+
 def _save(fig, path: Path, dpi: int = 120) -> None:
     """Write a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt

@@ -91,13 +91,8 @@ def top_k_figure(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out
     n_items, n_top = min(8, len(items["images"])), min(8, out["scores"].shape[1])
     top = top_k_indices(out["scores"][:n_items], n_top, cfg.seed)
     path = folder / "top_k.png"
-    fig.save_grid(
-        [torch.cat([items["images"][i : i + 1], data.x[top[i]]]) for i in range(n_items)],
-        path,
-        [f"item {i}" for i in range(n_items)],
-        [[kind, *[f"#{r + 1}: z{int(j)}" for r, j in enumerate(t)]] for t in top],
-        title=f"{method_cfg.name}: each {kind} item and its top-{n_top} training items",
-    )  # fmt: skip
+    title = f"{method_cfg.name}: each {kind} item and its top-{n_top} training items"
+    fig.save_top_k(items["images"][:n_items], data.x, top, path, kind, title)
     return path
 
 

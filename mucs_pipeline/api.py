@@ -52,17 +52,13 @@ class Run:
 
     def __init__(self, *overrides: str):
         from mucs_pipeline.stages import common
-        from mucs_pipeline.weights import init_from, load_init
 
         self.overrides = list(overrides)
         self.cfg = compose(self.overrides)
         if self.cfg.trainer.threads:
             torch.set_num_threads(self.cfg.trainer.threads)
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        self.data = common.dataset(self.cfg)
-        resolve_epochs(self.cfg, len(self.data))  # pretrain.epochs -> pretrain.steps
-        if init_from(self.cfg) is not None:
-            load_init(self.cfg, self.data)  # a network of another architecture stops here
+        self.data = common.training_set(self.cfg)
         self.folder: Path | None = None  # where the last call wrote its CSV and figures
 
     def attribute(

@@ -15,7 +15,6 @@ from mucs_pipeline.layout import STAGES, Layout
 from mucs_pipeline.method_settings import apply_method_settings
 from mucs_pipeline.prompts import apply_prompts
 from mucs_pipeline.validate import check_training_set, validate
-from mucs_pipeline.weights import init_from, load_init
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +38,8 @@ def run(cfg: DictConfig) -> dict:
         return {"query": run_queries(cfg)}
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
-    from mucs_pipeline.training import resolve_epochs
 
-    data = common.dataset(cfg)  # read first: an unreadable image stops the run before compute
-    resolve_epochs(cfg, len(data))  # pretrain.epochs -> pretrain.steps
-    if init_from(cfg) is not None:
-        load_init(cfg, data)  # a network of another architecture stops the run here
+    data = common.training_set(cfg)
     if "retrain" in cfg.stages:
         check_training_set(cfg, len(data))
     if cfg.plan:

@@ -112,15 +112,10 @@ def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
 def run(cfg: DictConfig) -> dict:
     """`python -m mucs_pipeline +query=folder query.root=...`: the CSV and the figures."""
     from mucs_pipeline.stages import common
-    from mucs_pipeline.training import resolve_epochs
-    from mucs_pipeline.weights import init_from, load_init
 
     root, files = query_files(cfg.query)  # an empty folder or a missing caption: before compute
     captions = captions_for(cfg.query, root, files) if cfg.dataset.name == "coco" else None
-    data = common.dataset(cfg)
-    resolve_epochs(cfg, len(data))  # pretrain.epochs -> pretrain.steps
-    if init_from(cfg) is not None:
-        load_init(cfg, data)  # a network of another architecture stops here
+    data = common.training_set(cfg)
     queries = load_queries(cfg, root, files, data, captions=captions)
     if cfg.plan:
         return {"plan": plan(cfg, data, queries)}

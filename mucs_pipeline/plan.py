@@ -128,26 +128,38 @@ def unit_cost(
     return 0, 0  # evaluate: similarity metrics only
 
 
+def unit_row(
+    cfg: DictConfig,
+    layout: Layout,
+    stage: str,
+    method: str | None,
+    n: int,
+    conditional: bool,
+    rate: dict | None = None,
+    cost: tuple[int, int] | None = None,
+) -> dict:
+    """One unit's row: its state, its cost (`cost`: given where the unit does other work
+    than its stage's usual) and, with `rate` (from `measure`), its seconds here."""
+    forwards, steps = cost or unit_cost(cfg, layout, stage, method, n, conditional)
+    row = {"stage": stage, "method": method or "", "state": layout.state(stage, method),
+           "forwards": forwards, "steps": steps,
+           "folder": str(layout.dir(stage, method))}  # fmt: skip
+    if rate is not None:
+        method_cfg = layout.method_cfg(method) if stage == "attribute" else None
+        row["seconds"] = unit_seconds(row, method_cfg, n, cfg.generate.num_items, rate)
+    return row
+
+
 def units(
     cfg: DictConfig, layout: Layout, n: int, conditional: bool, rate: dict | None = None
 ) -> list[dict]:
     """The stage units of this run in execution order, with their state and cost; with
     `rate` (from `measure`), also the seconds each takes on this machine."""
-    rows = []
-    for stage in STAGES:
-        if stage not in cfg.stages:
-            continue
-        for method in layout.units(stage):
-            forwards, steps = unit_cost(cfg, layout, stage, method, n, conditional)
-            rows.append(
-                {"stage": stage, "method": method or "", "state": layout.state(stage, method),
-                 "forwards": forwards, "steps": steps, "folder": str(layout.dir(stage, method))}
-            )  # fmt: skip
-            if rate is not None:
-                method_cfg = layout.method_cfg(method) if stage == "attribute" else None
-                m = cfg.generate.num_items
-                rows[-1]["seconds"] = unit_seconds(rows[-1], method_cfg, n, m, rate)
-    return rows
+    return [
+        unit_row(cfg, layout, stage, method, n, conditional, rate)
+        for stage in STAGES if stage in cfg.stages
+        for method in layout.units(stage)
+    ]  # fmt: skip
 
 
 def render(rows: list[dict], rate: dict | None = None) -> str:

@@ -241,6 +241,8 @@ def test_plan_true_lists_the_query_units_and_computes_nothing(tmp_path):
         ("attribute", "mucs"),
     ]
     assert rows[0]["forwards"] == 0 and rows[3]["forwards"] > 0  # F1 is read, not trained
+    assert rows[2]["forwards"] == 0 and rows[2]["seconds"] == 0  # queries are read, not generated
+    assert rows[3]["seconds"] > 0
     assert all(r["state"] == "run" for r in rows)
     assert not (tmp_path / "runs").exists()
 

@@ -93,17 +93,11 @@ def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
     units = [(s, None) for s in STAGES[:2] if s in cfg.stages]
     if "attribute" in cfg.stages:
         units += [(ITEMS, None), *[("attribute", m) for m in layout.units("attribute")]]
-    rows = []
+    rows, conditional = [], data.cond is not None
     for stage, method in units:
-        forwards, steps = (0, 0) if stage == ITEMS else cost.unit_cost(
-            cfg, layout, stage, method, len(data), data.cond is not None
-        )  # fmt: skip
-        row = {"stage": "query" if stage == ITEMS else stage, "method": method or "",
-               "state": layout.state(stage, method), "forwards": forwards, "steps": steps,
-               "folder": str(layout.dir(stage, method))}  # fmt: skip
-        method_cfg = layout.method_cfg(method) if stage == "attribute" else None
-        row["seconds"] = cost.unit_seconds(row, method_cfg, len(data), len(queries.names), rate)
-        rows.append(row)
+        free = (0, 0) if stage == ITEMS else None  # the queries are read, not generated
+        rows.append(cost.unit_row(cfg, layout, stage, method, len(data), conditional, rate, free))
+        rows[-1]["stage"] = "query" if stage == ITEMS else stage
     print(f"Plan for {len(queries.names)} queries (plan=true: nothing is computed):\n"
           + cost.render(rows, rate))  # fmt: skip
     return rows

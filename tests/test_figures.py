@@ -44,6 +44,20 @@ def test_trajectories_show_l_null_and_the_stop_line(tmp_path, monkeypatch):
     assert sorted(line.get_ydata()[0] for line in right.lines[-2:]) == [0.95, 1.0]
 
 
+def test_the_report_draws_trajectories_of_scores_saved_before_l_null_was_in_them(
+    tmp_path, monkeypatch
+):
+    from omegaconf import OmegaConf
+
+    from mucs_pipeline.attribution.mucs import MUCS
+
+    figs = _capture(monkeypatch)
+    old = {"trajectories": [torch.tensor([[1.0, 0.5], [0.9, 0.8]])]}  # no "loss_null"
+    MUCS.figures(OmegaConf.create({"stop_ratio": 0.95}), old, tmp_path)
+    (fig,) = figs
+    assert len(fig.axes[1].lines) == 1  # the item's curve, no L_null or stop line
+
+
 def test_histograms_have_a_y_label_and_the_auc_and_p_in_the_title(tmp_path, monkeypatch):
     figs = _capture(monkeypatch)
     sims = {

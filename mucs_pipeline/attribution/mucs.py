@@ -141,7 +141,8 @@ class MUCS(Method):
         from mucs_pipeline.evaluation.figures import trajectories
 
         path = folder / f"{prefix}trajectories.png"
-        trajectories(scores["trajectories"], scores["loss_null"], path, cfg.stop_ratio)
+        # scores.pt written before L_null was recorded in it: the curves without the lines
+        trajectories(scores["trajectories"], scores.get("loss_null"), path, cfg.stop_ratio)
         return [path]
 
     @classmethod

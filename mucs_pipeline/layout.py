@@ -80,7 +80,7 @@ GRAPH = (
             lay.key("null_loss"),
             lay.method_cfg(m),
             pretrain_recipe(lay.cfg),
-            lay.cfg.trainer.bf16_scoring and lay.scores_in_bf16(m),  # it changes the scores
+            lay.bf16_scores(m),
             *[lay.key("attribute", c) for c in lay.components(m)],
         ),
         reads=lambda lay, m: [
@@ -198,8 +198,10 @@ class Layout:
         )  # fmt: skip
 
     def experiment_key(self) -> str:
-        """What makes runs of different seeds poolable: the config minus the seed."""
-        return io.config_hash(self.comparison_key(), self.cfg.method)
+        """What makes runs of different seeds poolable: the config minus the seed, and the
+        scoring precision where it changes the method's scores (float32 keys as before)."""
+        bf16 = [True] if self.bf16_scores(self.cfg.method.name) else []
+        return io.config_hash(self.comparison_key(), self.cfg.method, *bf16)
 
     def method_cfg(self, method: str) -> DictConfig:
         """The config of `method`: the selected one, or the defaults of its file in a
@@ -228,9 +230,13 @@ class Layout:
         cfg = self.method_cfg(method)
         return method_class(cfg).components(cfg)
 
-    def scores_in_bf16(self, method: str) -> bool:
-        """Whether trainer.bf16_scoring changes `method`'s scores (network losses)."""
-        return method_class(self.method_cfg(method)).bf16_scoring
+    def bf16_scores(self, method: str) -> bool:
+        """Whether `method`'s scores are computed under trainer.bf16_scoring: it is on and
+        they are network losses, the method's own or an ensemble component's."""
+        if not self.cfg.trainer.bf16_scoring:
+            return False
+        own = method_class(self.method_cfg(method)).bf16_scoring
+        return own or any(self.bf16_scores(c) for c in self.components(method))
 
     def units(self, stage: str) -> list[str | None]:
         """The methods of a stage's units, in the order they run (None: a shared unit)."""

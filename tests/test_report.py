@@ -178,3 +178,16 @@ def test_the_marker_against_the_best_other_method(tmp_path):
     assert pixel["p_vs_best"] > 0.5
     assert str(_auc(mucs)).endswith("*†") and str(_auc(pixel)).endswith("*")
     assert not str(_auc(pixel)).endswith("†")
+
+
+def test_bf16_scores_are_another_setting_not_pooled_with_float32_ones(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("report", "wandb"))
+    pipeline.run(make_cfg(copy, "trainer.bf16_scoring=true"))
+    pipeline.run(make_cfg(copy, "+experiment=digits_pixel", "trainer.bf16_scoring=true"))
+    (by_label,) = [g for g in find_comparisons(copy).values() if "mucs/u_c1_lam01" in g]
+    assert [r["seed"] for r in by_label["mucs[bf16_scores=False]"]] == [0, 1]
+    assert [r["seed"] for r in by_label["mucs[bf16_scores=True]"]] == [0]
+    assert [r["seed"] for r in by_label["pixel"]] == [0]  # no network losses: the same run

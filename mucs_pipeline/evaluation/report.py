@@ -143,6 +143,11 @@ def find_comparisons(
     }
 
 
+def run_settings(run: dict) -> dict:
+    """What a run's method was set to: its config, and whether it scored in bfloat16."""
+    return {**run["method_cfg"], "bf16_scores": bool(run.get("bf16_scores"))}
+
+
 def _split_settings(by_label: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Runs of one label with other method settings (a lambda sweep) are rows of their own,
     labelled with the settings that differ, `mucs[lam=0.1]`: only seeds are pooled."""
@@ -154,7 +159,7 @@ def _split_settings(by_label: dict[str, list[dict]]) -> dict[str, list[dict]]:
         if len(by_key) == 1:
             out[label] = runs
             continue
-        cfgs = [group[0]["method_cfg"] for group in by_key.values()]
+        cfgs = [run_settings(group[0]) for group in by_key.values()]
         keys = sorted({k for c in cfgs for k in c})
         differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1]
         for group, cfg in zip(by_key.values(), cfgs, strict=True):

@@ -60,6 +60,7 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
         "regenerate": {m: layout.relative(layout.require("regenerate", m)) for m in layout.methods},
         "generate": layout.relative(layout.require("generate")),
         "method_cfg": OmegaConf.to_container(cfg.method, resolve=True),
+        "bf16_scores": layout.bf16_scores(cfg.method.name),  # another setting, like method_cfg's
         "dataset_cfg": OmegaConf.to_container(cfg.dataset, resolve=True),
         "diagnostics": diags,
     }

@@ -190,3 +190,28 @@ def test_example_folders_are_reproducible_and_read_as_their_classes(tmp_path):
     assert faces.labels.bincount().tolist() == [100, 100]
     with pytest.raises(SystemExit):  # never writes into a folder that already has images
         make_folders.main(["--out", str(tmp_path / "a")])
+
+
+def test_a_subset_names_each_item_by_its_place_in_the_dataset(tmp_path):
+    """Query output names training items by their index in the dataset's own split: the
+    subset keeps those indices, so each name points at the very image (no re-reading)."""
+    from sklearn.datasets import load_digits
+
+    from mucs_pipeline.data.folder import images_under, load_image
+    from mucs_pipeline.query.output import training_items
+
+    cfg = OmegaConf.create({"dataset": dataset_cfg("digits", subset=50, subset_seed=3)})
+    data = build_dataset(cfg.dataset)
+    ids, classes = training_items(cfg, data)
+    images = torch.tensor(load_digits().images, dtype=torch.float32) / 8.0 - 1.0
+    index = [int(name.removeprefix("digits[").removesuffix("]")) for name in ids]
+    assert len(set(index)) == 50 and index != list(range(50))
+    assert torch.equal(data.x[:, 0], images[index])
+    assert classes == [str(int(y)) for y in data.labels]
+    write_images(tmp_path)  # a folder: its files, in the order of the items
+    folder = OmegaConf.create({"dataset": folder_cfg(tmp_path, subset=4, subset_seed=1)})
+    data = build_dataset(folder.dataset)
+    files, _ = training_items(folder, data)
+    assert len(files) == 4 and files != sorted(map(str, images_under(tmp_path)))[:4]
+    read = [load_image(Path(f), 16, 3) for f in files]
+    assert all(torch.equal(a, b) for a, b in zip(read, data.x, strict=True))

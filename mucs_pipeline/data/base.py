@@ -29,9 +29,16 @@ class ImageData:
     # per access, as the release; `cond` holds the first, used everywhere else.
     cond_options: torch.Tensor | None = None  # (M, D)
     cond_offsets: torch.Tensor | None = None  # (N + 1,)
+    # Each item's index in the dataset's own split (what a `subset` kept), which names it;
+    # None: the items are the whole split in order.
+    index: torch.Tensor | None = None  # (N,)
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def source_index(self) -> list[int]:
+        """Each item's index in the dataset's own split."""
+        return list(range(len(self))) if self.index is None else self.index.tolist()
 
     @property
     def conditional(self) -> bool:
@@ -57,6 +64,7 @@ class ImageData:
             gen_cond=self.gen_cond,
             cond_options=options,
             cond_offsets=offsets,
+            index=(torch.arange(len(self)) if self.index is None else self.index)[idx],
         )
 
     def training_cond(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:

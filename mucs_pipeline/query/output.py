@@ -4,7 +4,6 @@ with their files and scores) and one labelled figure per query."""
 from __future__ import annotations
 
 import csv
-import importlib
 import io as text_io
 import re
 from pathlib import Path
@@ -14,42 +13,30 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.data.base import DATASETS, subset_indices
 
 COLUMNS = ["query", "query_condition", "method", "rank", "train_index", "train_item",
            "train_condition", "score"]  # fmt: skip
 
 
-def _in_subset(cfg: DictConfig, full: list) -> list:
-    """The entries of the training set's fixed random subset (dataset.subset), in order."""
-    size = cfg.dataset.get("subset")
-    if size is None or size >= len(full):
-        return full
-    return [full[i] for i in subset_indices(len(full), size, cfg.dataset.get("subset_seed", 0))]
-
-
 def training_items(cfg: DictConfig, data: ImageData) -> tuple[list[str], list[str]]:
     """Each training item's file path (image folders, COCO) or dataset id (`digits[1234]`:
     its index in the dataset's own training split), and its class name or caption."""
-    d = cfg.dataset
+    d, index = cfg.dataset, data.source_index()
     captions = None
     if d.name == "folder":
         from mucs_pipeline.data.folder import files
 
-        ids = [str(p) for p in files(d)[0]]
+        paths = files(d)[0]
+        ids = [str(paths[i]) for i in index]
     elif d.name == "coco":
         from mucs_pipeline.data.coco import read_captions
 
         root = Path(d.root).expanduser()
         entries = read_captions(root / "annotations" / f"captions_{d.split}.json")
-        ids = [str(root / d.split / name) for name, _ in entries]
-        captions = _in_subset(cfg, [caps[d.caption_index % len(caps)] for _, caps in entries])
+        ids = [str(root / d.split / entries[i][0]) for i in index]
+        captions = [entries[i][1][d.caption_index % len(entries[i][1])] for i in index]
     else:  # in-memory datasets: an index into the dataset's own split
-        module = importlib.import_module(f"mucs_pipeline.data.{DATASETS[d.name]}")
-        ids = [f"{d.name}[{i}]" for i in range(len(module.load(d)))]
-    ids = _in_subset(cfg, ids)
-    if len(ids) != len(data):
-        raise RuntimeError(f"{len(ids)} training file names for {len(data)} training items")
+        ids = [f"{d.name}[{i}]" for i in index]
     if captions is None:
         names = data.class_names or []
         labels = data.labels.tolist() if data.labels is not None else [None] * len(data)

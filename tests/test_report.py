@@ -191,3 +191,11 @@ def test_bf16_scores_are_another_setting_not_pooled_with_float32_ones(runs, tmp_
     assert [r["seed"] for r in by_label["mucs[bf16_scores=False]"]] == [0, 1]
     assert [r["seed"] for r in by_label["mucs[bf16_scores=True]"]] == [0]
     assert [r["seed"] for r in by_label["pixel"]] == [0]  # no network losses: the same run
+
+
+def test_runs_whose_keys_differ_in_nothing_recorded_keep_rows_of_their_own():
+    from mucs_pipeline.evaluation.report import _split_settings
+
+    run = {"method_cfg": {"name": "mucs", "lam": 0.2}, "seed": 0}
+    by_label = _split_settings({"mucs": [{**run, "experiment_key": k} for k in ("a1", "b2")]})
+    assert sorted(by_label) == ["mucs[key=a1]", "mucs[key=b2]"]  # never one over the other

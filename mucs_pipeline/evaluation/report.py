@@ -162,8 +162,9 @@ def _split_settings(by_label: dict[str, list[dict]]) -> dict[str, list[dict]]:
         cfgs = [run_settings(group[0]) for group in by_key.values()]
         keys = sorted({k for c in cfgs for k in c})
         differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs}) > 1]
-        for group, cfg in zip(by_key.values(), cfgs, strict=True):
-            settings = ",".join(f"{k}={cfg.get(k)}" for k in differ)
+        for key, group, cfg in zip(by_key, by_key.values(), cfgs, strict=True):
+            # No setting differs: keys made by other code versions; the key tells them apart
+            settings = ",".join(f"{k}={cfg.get(k)}" for k in differ) or f"key={key}"
             out[f"{label}[{settings}]"] = group
     return out
 

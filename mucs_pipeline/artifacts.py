@@ -15,7 +15,8 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,22 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and os.replace."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextmanager
+def rewrite_folder(folder: Path, patterns: list[str]) -> Iterator[Path]:
+    """Rewrite the files of `folder` that match `patterns`; once the block has finished,
+    delete the matching files it did not rewrite (a report's figure of a row label that no
+    longer exists). A block that fails deletes nothing. Every write here goes through
+    `atomic_write`, so a file rewritten in the block has a new inode, and one left alone
+    keeps its old one: that, not the clock (whose file stamps are coarse), tells them apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    before = {p: p.stat().st_ino for pattern in patterns for p in folder.glob(pattern)}
+    yield folder
+    for path, inode in before.items():
+        if path.exists() and path.stat().st_ino == inode:
+            log.info("removing %s: this report no longer writes it", path)
+            path.unlink()
 
 
 def damage(path: Path) -> str | None:

@@ -36,6 +36,21 @@ def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_rewriting_a_folder_removes_only_what_was_not_rewritten(tmp_path):
+    for name in ("fig_old.png", "fig_kept.png", "table1.md", "notes.txt"):
+        (tmp_path / name).write_text("before")
+    with io.rewrite_folder(tmp_path, ["fig_*.png", "table*.*"]):
+        io.atomic_write_text(tmp_path / "fig_kept.png", "after")
+        io.atomic_write_text(tmp_path / "table1.md", "after")
+        io.atomic_write_text(tmp_path / "fig_new.png", "after")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fig_kept.png", "fig_new.png", "notes.txt", "table1.md"
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError), io.rewrite_folder(tmp_path, ["fig_*.png"]):
+        raise RuntimeError("the report failed")  # a failed rewrite deletes nothing
+    assert (tmp_path / "fig_new.png").read_text() == "after"
+
+
 def test_a_crafted_training_checkpoint_is_refused_on_resume(tmp_path):
     cfg = make_cfg(tmp_path)
     data = build_dataset(cfg.dataset)

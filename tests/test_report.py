@@ -70,6 +70,17 @@ def test_report_writes_every_table_and_figure(runs):
     assert ablation["method"] == "mucs/u_c1_lam01" and ablation["delta %"].endswith("%")
 
 
+def test_a_new_report_removes_the_figures_of_labels_it_no_longer_writes(runs):
+    (out,) = [p for p in report_comparisons(runs) if (p / "table3_ensembles.csv").exists()]
+    for stale in ("fig_top_k_mucs-old.png", "table9_gone.md"):  # a renamed row, a dropped table
+        (out / stale).write_text("from an older report")
+    (out / "wandb").mkdir(exist_ok=True)  # not the report's tables or figures: kept
+    report_comparisons(runs)
+    assert not (out / "fig_top_k_mucs-old.png").exists() and not (out / "table9_gone.md").exists()
+    assert (out / "fig_top_k_mucs.png").exists() and (out / "table1_auc.md").exists()
+    assert (out / "wandb").is_dir()
+
+
 def test_runs_of_other_settings_form_another_comparison(runs):
     assert len(find_comparisons(runs)) == 1
     pipeline.run(make_cfg(runs, "evaluate.k_fraction=0.1", "method=pixel"))

@@ -35,6 +35,10 @@ from mucs_pipeline.layout import read_manifest
 
 log = logging.getLogger(__name__)
 
+# What a comparison's report writes in its folder (tables in four formats, figures);
+# rewriting the folder removes those of them the new report did not write.
+REPORT_FILES = ["table*.*", "control.*", "fig_*.png"]
+
 # The fields of run.json that the report reads, with their types.
 _RUN = {
     "name": str, "seed": int, "method": str, "experiment_key": str, "comparison_key": str,
@@ -175,7 +179,8 @@ def report_comparisons(
     written = []
     for (name, key), by_method in find_comparisons(root, runs).items():
         out = root / "report" / f"{name}-{key}"
-        tables = comparison_report(name, by_method, out, alpha)
+        with io.rewrite_folder(out, REPORT_FILES):
+            tables = comparison_report(name, by_method, out, alpha)
         print(f"\n{name}, comparison {key}: {', '.join(paper_order(by_method))} -> {out}")
         print(tables["table1_auc"])
         if use_wandb:

@@ -222,6 +222,15 @@ def test_paper_experiments_compose_to_the_papers_protocol(experiment):
     assert digits.retrain.common_random_numbers is True and digits.pretrain.augment.p == 0
 
 
+def test_digits_mucs_runs_the_tuned_lambda_and_the_default_the_papers():
+    tuned, default = compose_experiment("+experiment=digits_mucs"), compose_experiment()
+    assert tuned.method.lam == 0.1 and default.method.lam == 0.2
+    # Nothing else differs, so the two form one comparison in the report.
+    tuned.method.lam = 0.2
+    assert tuned == default
+    assert compose_experiment("+experiment=digits_dtrak").method.name == "dtrak"
+
+
 # --- Retraining: early stopping on the held-out split ----------------------------------
 
 

@@ -62,6 +62,8 @@ def test_sweep_files_expand_to_the_paper_protocols():
 
 
 def test_slurm_launcher_composes_with_one_task_per_device():
+    import mucs_pipeline.__main__  # noqa: F401  (registers the log_dir resolver the hydra config uses)
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "config",

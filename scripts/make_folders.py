@@ -10,11 +10,11 @@ bit for bit without a download:
   shorter side, resized with antialiasing to `--photos-resolution` (default 8 px).
 - `faces`: scikit-image's subset of Labeled Faces in the Wild, 100 faces and 100
   non-face background patches (25 x 25 greyscale), as two classes, resized to
-  `--faces-resolution` (default 16 px). Greyscale: run it with `dataset.channels=1`.
+  `--faces-resolution` (default 8 px). Greyscale: run it with `dataset.channels=1`.
 
   python scripts/make_folders.py --out folders
   python -m mucs_pipeline dataset=folder dataset.root=folders/photos dataset.resolution=8
-  python -m mucs_pipeline dataset=folder dataset.root=folders/faces dataset.resolution=16 \
+  python -m mucs_pipeline dataset=folder dataset.root=folders/faces dataset.resolution=8 \
       dataset.channels=1
 
 Files are PNGs named `<class>/<index>.png`; the same `--seed` gives the same bytes.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("folders"), help="photos/, faces/ go here")
     parser.add_argument("--per-class", type=int, default=75, help="crops per photograph")
     parser.add_argument("--photos-resolution", type=int, default=8)
-    parser.add_argument("--faces-resolution", type=int, default=16)
+    parser.add_argument("--faces-resolution", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops' places and sizes")
     args = parser.parse_args(argv)
     for sub in ("photos", "faces"):

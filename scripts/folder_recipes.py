@@ -116,20 +116,31 @@ def cell(result: dict | None) -> str:
     return f"{result['auc']:.3f} ({result['p_value']:.2g})" if result else "not run"
 
 
-def diagnostic(row: dict, prefix: str) -> str:
-    values = [
+def values(row: dict, prefix: str) -> list[float]:
+    """One diagnostic's value in each seed's run."""
+    return [
         d["value"] for diags in row["diagnostics"].values() if diags
         for d in diags if d["diagnostic"].startswith(prefix)
     ]  # fmt: skip
-    return f"{sum(values) / len(values):.3f}" if values else ""
+
+
+def diagnostic(row: dict, prefix: str) -> str:
+    found = values(row, prefix)
+    return f"{sum(found) / len(found):.3f}" if found else ""
+
+
+def at_cap(row: dict) -> str:
+    """MUCS unlearnings that reached method.max_steps, of all the items pooled."""
+    return f"{sum(values(row, 'mucs: unlearnings')):.0f} / {row['mucs_ssim']['n_items']}"
 
 
 def write_table(rows: list[dict], out: Path) -> str:
     head = (
         "| folder | setting | seeds | steps | MUCS AUC SSIM (p) | MUCS AUC -MSE (p) "
         "| pixel AUC SSIM (p) | pixel AUC -MSE (p) | MUCS items needed (SSIM) "
-        "| drift SSIM | fit: loss / L_null | fit: nearest share | CPU min per seed |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| drift SSIM | fit: loss / L_null | fit: nearest share | MUCS at cap "
+        "| CPU min per seed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['folder']} | {r['setting']} | {','.join(map(str, r['seeds']))} "
@@ -137,6 +148,7 @@ def write_table(rows: list[dict], out: Path) -> str:
         f"| {cell(r.get('pixel_ssim'))} | {cell(r.get('pixel_neg_mse'))} "
         f"| {r['mucs_ssim']['items_needed'] or 'none'} | {diagnostic(r, 'drift: ssim')} "
         f"| {diagnostic(r, 'fit: F1')} | {diagnostic(r, 'fit: share')} "
+        f"| {at_cap(r)} "
         f"| {r['cpu_minutes_per_seed']:.1f} |"
         for r in rows
     ]

@@ -122,3 +122,19 @@ def test_ablations_change_only_the_method_and_name_their_table_2_row(ablation, t
     assert cfg.method != base.method and cfg.method.name == "mucs"
     for key in ("dataset", "model", "diffusion", "pretrain", "generate", "evaluate"):
         assert cfg[key] == base[key], key
+
+
+@pytest.mark.parametrize("images, steps", [(600, 6000), (200, 2000)])
+def test_small_folder_recipe_trains_passes_over_the_folder(images, steps):
+    """+recipe=small_folder: the step counts docs/small_folders.md measured on `photos`
+    (600 images) and `faces` (200), and nothing else of the default recipe changed."""
+    from mucs_pipeline.training import resolve_epochs
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose("config", overrides=["dataset=folder"])
+        cfg = compose("config", overrides=["+recipe=small_folder"])
+    assert cfg.dataset.name == "folder" and cfg.pretrain.steps == base.pretrain.steps == 3000
+    resolve_epochs(cfg, images)
+    assert cfg.pretrain.steps == cfg.retrain.steps == steps
+    for key in ("model", "method", "generate", "evaluate"):
+        assert cfg[key] == base[key], key

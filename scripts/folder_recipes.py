@@ -45,6 +45,7 @@ SETTINGS = {
     "default": [],
     "epochs640": ["pretrain.epochs=640"],  # 3,000 steps on 600 items (photos: default's units)
     "epochs1280": ["pretrain.epochs=1280"],
+    "epochs1920": ["pretrain.epochs=1920"],  # +recipe=small_folder (faces: default's units)
     "wide": ["model.hidden=128", "model.cond_width=128"],
     "k5": ["evaluate.k_fraction=0.05"],
     "items40": ["generate.num_items=40"],

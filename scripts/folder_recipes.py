@@ -74,16 +74,16 @@ def layout(args: list[str], method: str) -> Layout:
     return Layout(cfg)
 
 
-def cpu_seconds(runs: list[Layout]) -> float:
-    """Wall time recorded by every distinct unit these runs used, each counted once."""
+def cpu_seconds(lay: Layout) -> float:
+    """Wall time recorded by every unit this run used (shared ones, such as random removal
+    with its pretraining, counted once)."""
     seen = {}
-    for lay in runs:
-        for stage in STAGES:
-            for method in lay.units(stage):
-                folder = lay.dir(stage, method)
-                manifest = folder / "manifest.json"
-                if folder not in seen and manifest.exists():
-                    seen[folder] = json.loads(manifest.read_text()).get("wall_time_s", 0.0)
+    for stage in STAGES:
+        for method in lay.units(stage):
+            folder = lay.dir(stage, method)
+            manifest = folder / "manifest.json"
+            if folder not in seen and manifest.exists():
+                seen[folder] = json.loads(manifest.read_text()).get("wall_time_s", 0.0)
     return sum(seen.values())
 
 
@@ -107,7 +107,7 @@ def measure(
                 }
         diagnostics = {s: i.get("diagnostics") for s, i in zip(seeds, infos, strict=True)}
         row.setdefault("diagnostics", diagnostics)  # MUCS run's: drift and fit are shared
-    per_seed = [cpu_seconds([lay]) for lay in layouts["mucs"]]
+    per_seed = [cpu_seconds(lay) for lay in layouts["mucs"]]
     row["cpu_minutes_per_seed"] = sum(per_seed) / len(per_seed) / 60
     row["train_steps"] = int(layouts["mucs"][0].cfg.pretrain.steps)
     return row

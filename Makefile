@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-paper clean
+.PHONY: install run test test-all lint bench bench-paper clean
 
 install: $(STAMP)
 
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) -m mucs_pipeline $(ARGS)
 
+# The contributor's check before each commit: every module, under 10 minutes on 2 cores.
 test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Every test: the above plus the paper-scale smoke tests and slow end-to-end runs (CI).
+test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Scoring-engine and per-method timings: writes docs/benchmarks.md and docs/benchmarks.json.

@@ -19,31 +19,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mucs_pipeline import conf_dir
+from mucs_pipeline.config import prepare
 from mucs_pipeline.data.base import DatasetError
-from mucs_pipeline.query import attribute_queries
 from mucs_pipeline.query.inputs import load_queries, make_queries, query_files
-from mucs_pipeline.training import resolve_epochs
+from mucs_pipeline.query.run import attribute_queries
+from mucs_pipeline.stages import common
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """The run config the command line composes from `overrides` (query mode on)."""
+    """The run config the command line prepares from `overrides` (query mode on)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from mucs_pipeline import conf_dir
-    from mucs_pipeline.method_settings import apply_method_settings, drop_settings_set_on_the_method
-    from mucs_pipeline.validate import validate
 
     if not any(o.lstrip("+").startswith("query=") for o in overrides):
         overrides = ["+query=folder", *overrides]
     GlobalHydra.instance().clear()  # a notebook may have composed before
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose("config", overrides=overrides)
-    drop_settings_set_on_the_method(cfg, overrides)
-    apply_method_settings(cfg)
-    validate(cfg)
-    return cfg
+    return prepare(cfg, overrides)
 
 
 class Run:
@@ -51,14 +46,12 @@ class Run:
     training set, ready to attribute images with any method."""
 
     def __init__(self, *overrides: str):
-        from mucs_pipeline.stages import common
-
         self.overrides = list(overrides)
         self.cfg = compose(self.overrides)
         if self.cfg.trainer.threads:
             torch.set_num_threads(self.cfg.trainer.threads)
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        self.data = common.training_set(self.cfg)
+        self.data = common.dataset(self.cfg)
         self.folder: Path | None = None  # where the last call wrote its CSV and figures
 
     def attribute(
@@ -78,7 +71,6 @@ class Run:
         """
         given = {"method": method, "query.top_k": top_k}
         cfg = compose([*self.overrides, *[f"{k}={v}" for k, v in given.items() if v is not None]])
-        resolve_epochs(cfg, len(self.data))
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1:] != self.data.x.shape[1:]:
                 raise DatasetError(

@@ -23,7 +23,7 @@ def explain(err: Exception) -> list[str] | None:
 
     from mucs_pipeline.artifacts import ArtifactError
     from mucs_pipeline.data.base import DatasetError
-    from mucs_pipeline.validate import ConfigError
+    from mucs_pipeline.errors import ConfigError
 
     if isinstance(err, ConfigError):
         return ["invalid config:", *err.problems]
@@ -53,13 +53,14 @@ def one_line_errors() -> Iterator[None]:
 
 
 class ValidateFirst(Callback):
-    """Check a run's config before Hydra creates its log folder, so a mistake writes nothing."""
+    """Prepare a run's config (config.prepare, which validates it) before Hydra creates its
+    log folder, so a mistake writes nothing; the run then finds it prepared."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mucs_pipeline.validate import validate
+        from mucs_pipeline.config import prepare
 
         with one_line_errors():  # SystemExit: Hydra turns a callback's exceptions into warnings
-            validate(config)
+            prepare(config, config.hydra.overrides.task)
 
 
 JOB_SUMMARY = "auc.json"  # in each multirun job's Hydra folder: its AUCs, for the combined table

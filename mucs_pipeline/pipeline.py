@@ -7,23 +7,25 @@ import logging
 import time
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import distributed as dist
 from mucs_pipeline import terminal
-from mucs_pipeline.layout import STAGES, Layout
-from mucs_pipeline.method_settings import apply_method_settings
-from mucs_pipeline.prompts import apply_prompts
-from mucs_pipeline.validate import check_training_set, validate
+from mucs_pipeline.config import prepare
+from mucs_pipeline.graph import STAGES
+from mucs_pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, overrides=()) -> dict:
+    """Every configured stage of `cfg` (prepared here unless it is already; `overrides`:
+    the command line's, see config.prepare)."""
     start = time.perf_counter()
-    apply_method_settings(cfg)  # method_settings: each method takes the keys it has
-    apply_prompts(cfg)  # generate.captions (COCO prompt mode): the attributed items' captions
-    validate(cfg)  # before anything is computed or written; ConfigError lists the problems
+    cfg = prepare(cfg, overrides)  # before anything is computed or written
+    if cfg.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return {"config": cfg}
     terminal.warnings_once()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -39,9 +41,7 @@ def run(cfg: DictConfig) -> dict:
     layout = Layout(cfg)
     from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
-    data = common.training_set(cfg)
-    if "retrain" in cfg.stages:
-        check_training_set(cfg, len(data))
+    data = common.dataset(cfg)
     if cfg.plan:
         from mucs_pipeline import plan
 

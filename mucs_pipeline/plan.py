@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline.attribution.base import method_class
-from mucs_pipeline.layout import STAGES, Layout
+from mucs_pipeline.graph import STAGES
+from mucs_pipeline.layout import Layout
 
 
 def _generation(cfg: DictConfig, items: int, conditional: bool) -> int:
@@ -99,10 +100,14 @@ def measure(cfg: DictConfig, data, call_budget: float = 0.25) -> dict[str, float
             "train_batch": train_batch}  # fmt: skip
 
 
-def unit_seconds(row: dict, method_cfg: DictConfig | None, n: int, m: int, rate: dict) -> float:
-    """Seconds a unit takes at the measured rates (an upper bound where its count is one)."""
+def unit_seconds(
+    row: dict, method_cfg: DictConfig | None, n: int, m: int, rate: dict, batch_size: int
+) -> float:
+    """Seconds a unit takes at the measured rates (an upper bound where its count is one);
+    a training unit's forwards beyond its steps' batches (F1's fit) are plain forwards."""
     if row["stage"] in ("pretrain", "retrain"):
-        return row["forwards"] * rate["train"]
+        trained = row["steps"] * min(batch_size, n)
+        return trained * rate["train"] + (row["forwards"] - trained) * rate["forward"]
     if row["stage"] == "attribute" and method_cfg is not None:
         train = attribution_cost(method_cfg, n, m)[2]
         return train * rate["train"] + (row["forwards"] - train) * rate["forward"]
@@ -114,11 +119,14 @@ def unit_cost(
 ) -> tuple[int, int]:
     """(forwards, optimizer steps) of one stage unit over n training items."""
     items = cfg.generate.num_items + cfg.generate.num_controls
+    fit = min(cfg.null_loss.batch_size, n) * cfg.null_loss.num_batches  # F1's fit, once
     if stage == "pretrain" and cfg.pretrain.get("init_from") is not None:
-        return 0, 0  # F1 is read from a file
-    if stage in ("pretrain", "retrain"):
-        steps = cfg.pretrain.steps if stage == "pretrain" else cfg.retrain.steps
-        return _training(steps, cfg.pretrain.batch_size, n)
+        return fit, 0  # F1 is read from a file
+    if stage == "pretrain":
+        forwards, steps = _training(cfg.pretrain.steps, cfg.pretrain.batch_size, n)
+        return forwards + fit, steps
+    if stage == "retrain":
+        return _training(cfg.retrain.steps, cfg.pretrain.batch_size, n)
     if stage in ("generate", "regenerate"):
         return _generation(cfg, items, conditional), 0
     if stage == "null_loss":
@@ -146,7 +154,8 @@ def unit_row(
            "folder": str(layout.dir(stage, method))}  # fmt: skip
     if rate is not None:
         method_cfg = layout.method_cfg(method) if stage == "attribute" else None
-        row["seconds"] = unit_seconds(row, method_cfg, n, cfg.generate.num_items, rate)
+        m, batch = cfg.generate.num_items, cfg.pretrain.batch_size
+        row["seconds"] = unit_seconds(row, method_cfg, n, m, rate, batch)
     return row
 
 

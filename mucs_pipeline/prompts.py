@@ -8,17 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
+
+from mucs_pipeline.errors import ConfigError
 
 
 def apply_prompts(cfg: DictConfig) -> None:
     """Resolve `generate.captions` in place (a run's first steps): a file's lines become
     the list (so the keys hash the captions, not the file's name) and
     `generate.num_items` their number. Nothing to do without captions."""
-    from mucs_pipeline.validate import (
-        ConfigError,  # validate imports the layout, which imports this
-    )
-
     given = cfg.generate.get("captions")
     if given is None:
         return
@@ -40,15 +38,6 @@ def apply_prompts(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.generate.captions = captions
         cfg.generate.num_items = len(captions)
-
-
-def generate_recipe(cfg: DictConfig) -> dict:
-    """`cfg.generate` as the keys hash it: `captions` absent when unset (so the keys of
-    runs before the option existed stay the same)."""
-    recipe = OmegaConf.to_container(cfg.generate, resolve=True)
-    if recipe.get("captions", 0) is None:
-        del recipe["captions"]
-    return recipe
 
 
 def embed_prompts(cfg: DictConfig) -> torch.Tensor:

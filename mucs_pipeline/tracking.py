@@ -17,6 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mucs_pipeline import distributed as dist
+from mucs_pipeline.attribution.base import method_class
+from mucs_pipeline.keys import comparison_key
+
 # Hydra's group choices of this job (experiment, sweep, ...), set by the command line.
 _CHOICES: dict[str, str] = {}
 _SWEEP: str | None = None  # the multirun's folder name, when this job is part of one
@@ -35,12 +39,16 @@ def enabled(cfg: DictConfig) -> bool:
 
 
 def _own_settings(cfg: DictConfig) -> dict[str, str]:
-    """The ablation and lambda of the job's own method: what tells a sweep's runs apart."""
+    """The ablation and the method's own sweep keys (MUCS's lambda): what tells a sweep's
+    runs apart."""
     out = {}
     if cfg.get("ablation"):
         out["ablation"] = cfg.ablation.name
-    if "lam" in cfg.method:
-        out["lam"] = f"{cfg.method.lam:g}"
+    for key in method_class(cfg.method).sweep_keys:
+        if key in cfg.method:
+            value = cfg.method[key]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            out[key] = f"{value:g}" if number else str(value)
     return out
 
 
@@ -68,18 +76,18 @@ def tags(cfg: DictConfig, stage: str, method: str | None) -> list[str]:
     return [t[:64] for t in out]  # W&B's limit
 
 
-def identity(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path) -> dict:
+def identity(cfg: DictConfig, stage: str, method: str | None, folder: Path) -> dict:
     """wandb.init's name, group, job type, tags and config for one stage unit."""
     label = method_label(cfg, method)
     key = folder.name.rsplit("-", 1)[-1][:6]  # unique per unit config, short enough to read
     name = "-".join(p for p in (cfg.name, stage, label, f"seed{cfg.seed}", key) if p)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["unit"] = {"stage": stage, "method": method, "folder": layout.relative(folder)}
+    config["unit"] = {"stage": stage, "method": method, "folder": relative(cfg, folder)}
     config["choices"] = dict(_CHOICES)
     return {
         "project": cfg.logger.project,
         "name": name,
-        "group": f"{cfg.name}-{layout.comparison_key()[:8]}",
+        "group": f"{cfg.name}-{comparison_key(cfg)[:8]}",
         "job_type": stage,
         "tags": tags(cfg, stage, method),
         "config": config,
@@ -103,21 +111,24 @@ def start(run: dict, mode: str, folder: Path, verbose: bool = False):
     )
 
 
-def init(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path):
+def relative(cfg: DictConfig, folder: Path) -> str:
+    """`folder` relative to the runs folder, as run.json records it."""
+    return Path(folder).relative_to(Path(cfg.paths.runs_dir)).as_posix()
+
+
+def init(cfg: DictConfig, stage: str, method: str | None, folder: Path):
     """A W&B run for one stage unit (offline unless `logger.mode`), or None without W&B."""
     if not enabled(cfg):
         return None
-    run = identity(cfg, layout, stage, method, folder)
+    run = identity(cfg, stage, method, folder)
     return start(run, cfg.logger.mode, folder, cfg.logger.get("verbose", False))
 
 
-def lightning_logger(cfg: DictConfig, layout, stage: str, method: str | None, folder: Path):
+def lightning_logger(cfg: DictConfig, stage: str, method: str | None, folder: Path):
     """Lightning's logger of a training unit's W&B run (`init`), started by rank 0 alone."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from mucs_pipeline import distributed as dist
-
-    run = init(cfg, layout, stage, method, folder) if dist.is_main() else None
+    run = init(cfg, stage, method, folder) if dist.is_main() else None
     if run is not None:  # Lightning's x-axis, as its logger sets for a run it starts
         run.define_metric("trainer/global_step")
         run.define_metric("*", step_metric="trainer/global_step", step_sync=True)

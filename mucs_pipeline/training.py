@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,9 +266,8 @@ def make_trainer(
         logger = [CSVLogger(folder, name="logs", version="")]
         if cfg.logger.name == "wandb":
             from mucs_pipeline import tracking
-            from mucs_pipeline.layout import Layout
 
-            logger.append(tracking.lightning_logger(cfg, Layout(cfg), job_type, method, folder))
+            logger.append(tracking.lightning_logger(cfg, job_type, method, folder))
     return L.Trainer(
         **placement(cfg.trainer, distributed),
         precision=cfg.trainer.precision,
@@ -300,16 +298,6 @@ def mean_training_loss(cfg: DictConfig, net: torch.nn.Module, data: ImageData, d
         total += training_losses(net, diffusion, data, idx, gen, device).sum().item()
         count += b
     return total / count
-
-
-def resolve_epochs(cfg: DictConfig, num_items: int) -> None:
-    """`pretrain.epochs` (passes over the training set) as `pretrain.steps`: ceil(epochs x
-    items / batch_size), so that folders of any size are fitted alike; retraining follows
-    through `retrain.steps: ${pretrain.steps}`. Called once the training set is read;
-    nothing changes when epochs is null."""
-    epochs = cfg.pretrain.get("epochs")
-    if epochs is not None:
-        cfg.pretrain.steps = math.ceil(epochs * num_items / cfg.pretrain.batch_size)
 
 
 def train(

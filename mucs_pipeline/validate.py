@@ -20,19 +20,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mucs_pipeline import conf_dir
 from mucs_pipeline.attribution.base import method_class
+from mucs_pipeline.augment import OPS
+from mucs_pipeline.constants import BASELINE
 from mucs_pipeline.data.base import DATASETS
+from mucs_pipeline.errors import ConfigError
+from mucs_pipeline.evaluation.metrics import METRICS
+from mucs_pipeline.evaluation.protocol import top_k
 from mucs_pipeline.generation import MAX_SEED
-from mucs_pipeline.layout import BASELINE, STAGES, Layout
+from mucs_pipeline.graph import QUERY_STAGES, STAGES
+from mucs_pipeline.method_config import components, method_cfg
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
 
-
-class ConfigError(ValueError):
-    """One or more config violations, one line each."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid config:\n" + "\n".join(problems))
+__all__ = ["ConfigError", "validate", "check_training_set"]
 
 
 def _type_name(value: Any) -> str | None:
@@ -137,14 +137,6 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("null_loss.num_batches", *positive_int),
         ("evaluate.k_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)"),
         ("evaluate.alpha", lambda v: 0 < v < 1, "a significance level in (0, 1)"),
-        ("method.lam", lambda v: v > 0, "a number > 0"),
-        ("method.max_steps", *positive_int),
-        ("method.num_noises", *positive_int),
-        ("method.schedule_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-        ("method.unlearn_schedule_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-        ("method.eps", lambda v: v > 0, "a number > 0"),
-        ("method.stop_ratio", lambda v: v > 0, "a number > 0"),
-        ("method.items_per_pass", *positive_int),
         ("model.hidden", *positive_int),
         ("model.depth", *positive_int),
         ("model.heads", *positive_int),
@@ -155,6 +147,11 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("trainer.devices", *positive_int),
         ("trainer.threads", *positive_int),  # null: torch's default
     ]
+    try:  # the method's own keys, with the ranges its class declares
+        ranges = method_class(cfg.get("method", {})).ranges
+    except ValueError:  # a method of no known kind: check_semantics reports it
+        ranges = {}
+    rules += [(f"method.{key}", test, expected) for key, (test, expected) in ranges.items()]
     for key, test, expected in rules:
         value = _get(cfg, key)
         if not _number(value):
@@ -176,8 +173,6 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
         what = f"unknown {unknown}" if unknown else "nothing to run"
         problems.append(f"stages={stages}: {what}, expected some of {STAGES}")
     elif cfg.get("query") is not None:
-        from mucs_pipeline.query.run import STAGES as QUERY_STAGES
-
         if not set(QUERY_STAGES) & set(stages):
             problems.append(
                 f"stages={stages}: a query run (+query=folder) runs some of "
@@ -232,13 +227,9 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
                 f"{dataset.get('name')!r} has no test split; set dataset.subset to keep some out"
             )
     ops = _get(cfg, "pretrain.augment.ops") or []
-    from mucs_pipeline.augment import OPS
-
     if any(op not in OPS for op in ops):
         problems.append(f"pretrain.augment.ops={ops}: expected some of {list(OPS)}")
     metrics = _get(cfg, "metric.names") or []
-    from mucs_pipeline.evaluation.metrics import METRICS
-
     if not metrics:
         problems.append(f"metric.names={metrics}: expected some of {sorted(METRICS)}")
     for name in metrics:
@@ -291,10 +282,9 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
 
 def check_method_files(cfg: DictConfig, problems: list[str]) -> None:
     """The weight files that the method, and an ensemble's components, read."""
-    layout = Layout(cfg)
     try:
-        for name in [cfg.method.name, *layout.components(cfg.method.name)]:
-            method = layout.method_cfg(name)
+        for name in [cfg.method.name, *components(cfg, cfg.method.name)]:
+            method = method_cfg(cfg, name)
             key_of = "method" if name == cfg.method.name else f"method.overrides.{name}"
             for key, what in method_class(method).weight_files(method).items():
                 path = method.get(key)
@@ -325,8 +315,6 @@ def validate(cfg: DictConfig) -> None:
 
 def check_training_set(cfg: DictConfig, num_train: int) -> None:
     """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining)."""
-    from mucs_pipeline.evaluation.protocol import top_k
-
     k, m = top_k(num_train, cfg.evaluate.k_fraction), cfg.generate.num_items
     if k * m > num_train:
         raise ConfigError(

@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.data import ImageData
+from mucs_pipeline.keys import init_from
+from mucs_pipeline.training import init_model
 
 SAFETENSORS = ".safetensors"
 # A Lightning checkpoint of this project's DiffusionTraining holds the EMA (F1) under
@@ -20,31 +22,6 @@ CHECKPOINT_PREFIXES = ("ema.module.", "net.")
 
 class CheckpointMismatchError(io.ArtifactError):
     """Weights whose tensors do not fit the configured network (one line, exit status 2)."""
-
-
-def init_from(cfg: DictConfig) -> Path | None:
-    """The file `pretrain.init_from` names, or None when F1 is pretrained here."""
-    path = cfg.pretrain.get("init_from")
-    return None if path is None else Path(path).expanduser()
-
-
-def fingerprint(cfg: DictConfig) -> str | None:
-    """The content hash of `pretrain.init_from` (what the keys of every unit built on it
-    hash, so that another file at the same path is never mistaken for it)."""
-    path = init_from(cfg)
-    return None if path is None else io.file_sha256(path)
-
-
-def pretrain_recipe(cfg: DictConfig) -> dict:
-    """`cfg.pretrain` as the keys hash it: `init_from` by its file's content, absent when
-    unset (so the keys of runs before the option existed stay the same), and never
-    `epochs`, which has set `steps` by then (training.resolve_epochs): the keys hash what
-    is trained, so 640 passes over 600 items share the units of 3,000 steps."""
-    recipe = OmegaConf.to_container(cfg.pretrain, resolve=True)
-    recipe.pop("epochs", None)
-    if recipe.pop("init_from", None) is not None:
-        recipe["init_from"] = fingerprint(cfg)
-    return recipe
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -95,8 +72,6 @@ def first_mismatch(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> str 
 def load_init(cfg: DictConfig, data: ImageData) -> torch.nn.Module:
     """The configured network with the weights of `pretrain.init_from`, or
     CheckpointMismatchError naming the first tensor that does not fit."""
-    from mucs_pipeline.training import init_model
-
     path = init_from(cfg)
     net = init_model(cfg, data, cfg.seed)
     state = read_state_dict(path)

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from mucs_pipeline import api
 from mucs_pipeline import artifacts as io
+from mucs_pipeline.constants import BASELINE
 from mucs_pipeline.evaluation.comparison import pool
 from mucs_pipeline.evaluation.protocol import result_rows
-from mucs_pipeline.layout import BASELINE, STAGES, Layout
-from mucs_pipeline.stages import common
-from mucs_pipeline.training import resolve_epochs
+from mucs_pipeline.graph import STAGES
+from mucs_pipeline.layout import Layout
 
 # The folders as a user would point the pipeline at them.
 FOLDERS = {
@@ -69,9 +69,7 @@ def run_pipeline(args: list[str], methods: list[str]) -> None:
 
 def layout(args: list[str], method: str) -> Layout:
     """The units' folders of one run, exactly as the pipeline keys them."""
-    cfg = api.compose([*args, f"method={method}"])
-    resolve_epochs(cfg, len(common.dataset(cfg)))
-    return Layout(cfg)
+    return Layout(api.compose([*args, f"method={method}"]))  # prepared: epochs as steps
 
 
 def cpu_seconds(lay: Layout) -> float:

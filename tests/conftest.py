@@ -42,6 +42,18 @@ def micro(overrides) -> list[str]:
     return [*MICRO, *leaves(debug)]
 
 
+def slow_unless(values, fast, ids=None) -> list:
+    """Parametrize cases: those of `values` not in `fast` marked slow, so that `make test`
+    keeps one or a few cases of each code path and `make test-all` runs them all. A tuple
+    value is the arguments of a test with several parameters."""
+    ids = ids or [None] * len(values)
+    return [
+        pytest.param(*(v if isinstance(v, tuple) else (v,)), id=i,
+                     marks=() if v in fast else pytest.mark.slow)
+        for v, i in zip(values, ids, strict=True)
+    ]  # fmt: skip
+
+
 def cli_command(runs: Path, *args: str) -> list[str]:
     """`python -m mucs_pipeline` with the micro settings, writing under `runs`."""
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags come before overrides
@@ -81,7 +93,7 @@ def run_main(monkeypatch, capsys, runs: Path, *overrides: str) -> tuple[int, lis
 def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     """The real config with `debug=micro`, writing under tmp_path, its `method_settings`
     applied as a run applies them. A model chosen with `model=` keeps its own size."""
-    from mucs_pipeline.method_settings import (
+    from mucs_pipeline.method_config import (
         apply_method_settings,
         drop_settings_set_on_the_method,
     )

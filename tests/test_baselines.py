@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import context, make_cfg, perturb
+from conftest import context, make_cfg, perturb, slow_unless
 from omegaconf import OmegaConf
 
 from mucs_pipeline.attribution import build_method
@@ -28,7 +28,12 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("name", ["condition", *COPY_RANKED_FIRST])
+@pytest.mark.parametrize(
+    "name",
+    slow_unless(
+        ["condition", *COPY_RANKED_FIRST], ["condition", "pixel", "dtrak", "forward_inf", "abu"]
+    ),
+)  # DAS: DTRAK with its own weights (test_das_training_weights_follow_the_formula...)
 def test_scores_are_finite_and_reproducible(trained, tmp_path, name):
     cfg, data, *_ = trained
     m_cfg = method_cfg(tmp_path, name, *FAST.get(name, []))
@@ -44,7 +49,9 @@ def test_scores_are_finite_and_reproducible(trained, tmp_path, name):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", COPY_RANKED_FIRST)
+@pytest.mark.parametrize(
+    "name", slow_unless(COPY_RANKED_FIRST, ["pixel", "dtrak", "forward_inf", "abu"])
+)
 def test_exact_copy_of_generated_item_ranks_in_top_1_percent(trained, tmp_path, name):
     """A training item identical to the generated item is among its top 1%.
 

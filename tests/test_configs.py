@@ -128,7 +128,7 @@ def test_ablations_change_only_the_method_and_name_their_table_2_row(ablation, t
 def test_small_folder_recipe_trains_passes_over_the_folder(images, steps):
     """+recipe=small_folder: 1,920 passes, the 3,000 steps docs/small_folders.md measured
     on `faces` (200 images), 9,000 on `photos` (600); nothing else of the default changes."""
-    from mucs_pipeline.training import resolve_epochs
+    from mucs_pipeline.config import resolve_epochs
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = compose("config", overrides=["dataset=folder"])

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import METHODS
 from mucs_pipeline.layout import Layout
-from mucs_pipeline.method_settings import apply_method_settings
+from mucs_pipeline.method_config import apply_method_settings
 from mucs_pipeline.validate import validate
 
 
@@ -45,6 +45,7 @@ def test_method_settings_apply_only_where_a_method_has_the_key():
     assert cfg.method.max_steps == 50
 
 
+@pytest.mark.slow
 def test_a_multirun_over_methods_takes_a_method_specific_setting(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mucs_pipeline", "-m", "debug=micro", "method=mucs,pixel",

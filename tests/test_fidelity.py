@@ -317,6 +317,7 @@ def paper_files(experiment: str, root) -> list[str]:
             f"dataset.cache_dir={root}/cache"]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", PAPER)
 def test_paper_experiment_runs_every_stage_at_real_size(experiment, tmp_path):
     from mucs_pipeline import pipeline

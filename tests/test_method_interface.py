@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from conftest import CONF, run_main
 
-from mucs_pipeline.evaluation.report import report_comparisons
+from mucs_pipeline.report import report_comparisons
 
 # The method's one file: F1 loss similarity, the cosine between the generated item's and
 # each training item's F1 losses on a fixed bank of (sigma, n) pairs.
@@ -68,6 +69,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 def test_a_method_from_one_file_and_one_config_runs_everywhere(tmp_path, monkeypatch, capsys):
     plugin, conf, runs = tmp_path / "plugin", tmp_path / "conf", tmp_path / "runs"
     plugin.mkdir()

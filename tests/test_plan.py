@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import CONF, make_cfg
 
 from mucs_pipeline import pipeline
@@ -15,8 +16,13 @@ def test_plan_times_each_unit_on_this_machine(tmp_path):
     rate, rows = out["rate"], out["plan"]
     assert rate["forward"] > 0 and rate["train"] > 0  # timed at different batches (see below)
     by_unit = {(r["stage"], r["method"]): r for r in rows}
-    pretrain = by_unit["pretrain", ""]
-    assert pretrain["seconds"] == pretrain["forwards"] * rate["train"]
+    pretrain = by_unit["pretrain", ""]  # training steps, then F1's fit on L_null's draws
+    fit = min(cfg.null_loss.batch_size, 120) * cfg.null_loss.num_batches
+    trained = pretrain["forwards"] - fit
+    assert trained == pretrain["steps"] * min(cfg.pretrain.batch_size, 120)
+    assert pretrain["seconds"] == pytest.approx(trained * rate["train"] + fit * rate["forward"])
+    retrain = by_unit["retrain", "mucs"]
+    assert retrain["seconds"] == retrain["forwards"] * rate["train"]
     generate = by_unit["generate", ""]
     assert generate["seconds"] == generate["forwards"] * rate["forward"]
     mucs = by_unit["attribute", "mucs"]  # unlearning steps train, scoring only forwards

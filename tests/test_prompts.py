@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 from conftest import make_cfg, run_main, write_coco
 
@@ -17,6 +18,7 @@ def coco(tmp_path) -> list[str]:
             f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.resolution=16"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_prompts_run_through_the_whole_pipeline(tmp_path, monkeypatch, capsys):
     from mucs_pipeline.prompts import embed_prompts
 

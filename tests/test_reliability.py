@@ -8,7 +8,7 @@ import torch
 from conftest import make_cfg
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import layout, pipeline
+from mucs_pipeline import pipeline, runner
 from mucs_pipeline.artifacts import IntegrityError, UnsafeFileError
 from mucs_pipeline.attribution.scoring import loss_matrix, noise_bank
 from mucs_pipeline.data import build_dataset
@@ -103,11 +103,11 @@ def test_a_result_from_other_code_is_reused_with_a_warning(attributed, monkeypat
     cfg = make_cfg(attributed, "stages=[generate]")
     path = Layout(cfg).dir("generate") / "items.pt"
     before = path.stat().st_mtime_ns
-    with caplog.at_level("WARNING", logger="mucs_pipeline.layout"):
+    with caplog.at_level("WARNING", logger="mucs_pipeline.runner"):
         pipeline.run(cfg)
     assert not caplog.records  # same code: skipped quietly
-    monkeypatch.setattr(layout, "code_version", lambda: "9.9.9+upgrade")
-    with caplog.at_level("WARNING", logger="mucs_pipeline.layout"):
+    monkeypatch.setattr(runner, "code_version", lambda: "9.9.9+upgrade")
+    with caplog.at_level("WARNING", logger="mucs_pipeline.runner"):
         pipeline.run(cfg)
     assert path.stat().st_mtime_ns == before  # still reused, not recomputed
     (record,) = caplog.records

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_cfg, read_wandb_run
 
 from mucs_pipeline import pipeline
-from mucs_pipeline.evaluation.report import find_comparisons, report_comparisons
+from mucs_pipeline.report import find_comparisons, report_comparisons
 
 TABLES = [
     "table1_auc",
@@ -70,6 +70,7 @@ def test_report_writes_every_table_and_figure(runs):
     assert ablation["method"] == "mucs/u_c1_lam01" and ablation["delta %"].endswith("%")
 
 
+@pytest.mark.slow
 def test_a_new_report_removes_the_figures_of_labels_it_no_longer_writes(runs):
     (out,) = [p for p in report_comparisons(runs) if (p / "table3_ensembles.csv").exists()]
     for stale in ("fig_top_k_mucs-old.png", "table9_gone.md"):  # a renamed row, a dropped table
@@ -89,6 +90,7 @@ def test_runs_of_other_settings_form_another_comparison(runs):
     assert sorted(len(g) for g in groups.values()) == [1, 4]
 
 
+@pytest.mark.slow
 def test_report_command_line(runs):
     out = subprocess.run(
         [sys.executable, "-m", "mucs_pipeline.report", str(runs)],
@@ -100,8 +102,9 @@ def test_report_command_line(runs):
     assert "comparison" in out
 
 
+@pytest.mark.slow
 def test_offline_wandb_runs_hold_the_tables_and_images(runs, monkeypatch):
-    from mucs_pipeline.evaluation.report import log_report_wandb
+    from mucs_pipeline.report import log_report_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -205,7 +208,7 @@ def test_bf16_scores_are_another_setting_not_pooled_with_float32_ones(runs, tmp_
 
 
 def test_runs_whose_keys_differ_in_nothing_recorded_keep_rows_of_their_own():
-    from mucs_pipeline.evaluation.report import _split_settings
+    from mucs_pipeline.report import _split_settings
 
     run = {"method_cfg": {"name": "mucs", "lam": 0.2}, "seed": 0}
     by_label = _split_settings({"mucs": [{**run, "experiment_key": k} for k in ("a1", "b2")]})

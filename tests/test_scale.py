@@ -31,6 +31,7 @@ def cli(runs: Path, *args: str) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_a_lambda_sweep_and_two_ablations_share_one_pretrained_model(tmp_path):
     out = cli(tmp_path, "-m", "+experiment=digits_mucs", "method.lam=0.1,0.2")
     out += cli(
@@ -91,7 +92,7 @@ def test_a_job_waits_for_another_computing_a_shared_unit_then_skips_it(tmp_path,
     other = FileLock(folder.parent / f".{folder.name}.lock")
     other.acquire()
     job = threading.Thread(target=pipeline.run, args=(make_cfg(tmp_path, "stages=[generate]"),))
-    with caplog.at_level(logging.INFO, logger="mucs_pipeline.layout"):
+    with caplog.at_level(logging.INFO, logger="mucs_pipeline.runner"):
         job.start()
         deadline = time.time() + 120
         while "waiting for generate" not in caplog.text and time.time() < deadline:
@@ -131,7 +132,8 @@ def test_plan_lists_skips_of_a_half_finished_run_and_writes_nothing(tmp_path, ca
     }  # fmt: skip
     pretrain = next(r for r in rows if r["stage"] == "pretrain")
     assert pretrain["steps"] == cfg.pretrain.steps
-    assert pretrain["forwards"] == cfg.pretrain.steps * 120  # batch 128 capped at |Z| = 120
+    fit = min(cfg.null_loss.batch_size, 120) * cfg.null_loss.num_batches  # F1's fit, once
+    assert pretrain["forwards"] == cfg.pretrain.steps * 120 + fit  # batch 128 capped at |Z|
     mucs = next(r for r in rows if r["method"] == "mucs" and r["stage"] == "attribute")
     m, n, method = cfg.generate.num_items, 120, cfg.method
     assert mucs["forwards"] >= (m + 1) * n * method.num_noises
@@ -149,6 +151,7 @@ def kill_when(proc: subprocess.Popen, pattern: str, root: Path, timeout: float =
     proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_kill_9_mid_scoring_and_mid_retraining_resumes_to_the_same_result(tmp_path):
     args = [
@@ -193,6 +196,7 @@ def load(root: Path, pattern: str):
     return torch.load(next(root.glob(pattern)), weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_score_and_retrain_like_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): the same scores as 1 process, bit for bit,
     with each rank scoring half the training items; a DDP retrain within float rounding."""

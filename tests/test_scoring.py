@@ -104,6 +104,7 @@ def test_reduced_scoring_equals_the_full_grid_and_holds_one_batch(tmp_path, monk
     assert all(values.shape == (k, len(idx)) for idx, values, *_ in outputs)
 
 
+@pytest.mark.slow
 def test_compiled_scoring_agrees_with_eager(tmp_path):
     """trainer.compile_scoring: torch.compile of the loss, within 1e-5 of eager."""
     cfg, data, net, edm, bank = perturbed_setup(tmp_path)

@@ -3,11 +3,13 @@ a total time, and one combined table at the end of a multirun."""
 
 import re
 
+import pytest
 from conftest import make_cfg, read_wandb_run, run_cli
 
 from mucs_pipeline import pipeline, terminal, tracking
 
 
+@pytest.mark.slow
 def test_a_multirun_is_quiet_and_ends_with_one_table_of_every_job(tmp_path):
     out = run_cli(tmp_path, "-m", "logger=wandb", "trainer.progress_bar=true", "method.lam=0.1,0.3")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -77,11 +77,12 @@ def test_augmentation_draws_after_the_noise(tmp_path):
 def test_pretrain_epochs_sets_the_step_count_from_the_training_set_size(tmp_path, subset, steps):
     """2 passes at batch 16: ceil(2 x items / 16) updates, pretraining and retraining alike."""
     from mucs_pipeline import pipeline
+    from mucs_pipeline.config import prepare
+    from mucs_pipeline.keys import pretrain_recipe
     from mucs_pipeline.layout import Layout
-    from mucs_pipeline.weights import pretrain_recipe
 
     overrides = [f"dataset.subset={subset}", "pretrain.epochs=2", "pretrain.batch_size=16"]
-    cfg = make_cfg(tmp_path, *overrides, "stages=[pretrain]")
+    cfg = prepare(make_cfg(tmp_path, *overrides, "stages=[pretrain]"))  # as every run does
     pipeline.run(cfg)
     assert cfg.pretrain.steps == cfg.retrain.steps == steps
     assert Layout(cfg).manifest("pretrain")["metrics"]["steps"] == steps

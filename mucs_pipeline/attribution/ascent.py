@@ -24,7 +24,13 @@ from tqdm import tqdm
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import augment as augmentation
 from mucs_pipeline import rng
-from mucs_pipeline.attribution.base import Context, Method, item_losses, select_parameters
+from mucs_pipeline.attribution.base import (
+    POSITIVE_INT,
+    Context,
+    Method,
+    item_losses,
+    select_parameters,
+)
 from mucs_pipeline.attribution.gradients import PerSampleGradients
 from mucs_pipeline.attribution.scoring import cached_loss_matrix, loss_matrix, training_bank
 
@@ -33,6 +39,7 @@ class LossChange(Method):
     """Shared parts: the scoring bank, F1's cached losses, the generated item's loss."""
 
     bf16_scoring = True
+    ranges = {"num_noises": POSITIVE_INT}
 
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)

@@ -50,6 +50,12 @@ class Method:
     # Its scores are network losses that trainer.bf16_scoring computes under autocast (it
     # then enters the method's keys; other methods' scores, and keys, do not change).
     bf16_scoring: bool = False
+    # {key of the method config: (test, what is expected)}: the ranges config validation
+    # checks of the method's numeric keys (an absent key is not checked).
+    ranges: dict[str, tuple[Callable[[Any], bool], str]] = {}
+    # Keys of the method config that tell a sweep's runs apart: W&B shows them in each
+    # run's name and tags (`mucs-lam0.1`).
+    sweep_keys: tuple[str, ...] = ()
 
     def __init__(self, cfg: DictConfig, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
@@ -106,10 +112,19 @@ class Method:
         return []
 
     @classmethod
+    def items_at_cap(cls, scores: dict) -> int | None:
+        """How many items of a scores.pt stopped at the method's step cap instead of its
+        stop rule (a diagnostic of the setup); None for a method without one."""
+        return None
+
+    @classmethod
     def log_wandb(cls, run, scores: dict) -> dict[str, list]:
         """Log curves of a scores.pt to the attribute unit's W&B `run`; returns per-item
         columns for its items table."""
         return {}
+
+
+POSITIVE_INT = (lambda v: isinstance(v, int) and v > 0, "an integer > 0")  # for `ranges`
 
 
 def select_parameters(net: torch.nn.Module, patterns: list[str]) -> list[str]:

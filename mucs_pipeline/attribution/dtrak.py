@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline.attribution.base import Context, Method
+from mucs_pipeline.attribution.base import POSITIVE_INT, Context, Method
 from mucs_pipeline.attribution.gradients import PerSampleGradients, Projector
 from mucs_pipeline.attribution.scoring import loss_matrix, training_bank
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 class DTRAK(Method):
     name = "dtrak"
+    ranges = {"num_noises": POSITIVE_INT}
 
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)

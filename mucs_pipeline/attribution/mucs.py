@@ -7,7 +7,7 @@ import logging
 import torch
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline.attribution.base import Context, Method
+from mucs_pipeline.attribution.base import POSITIVE_INT, Context, Method
 from mucs_pipeline.attribution.scoring import (
     cached_loss_matrix,
     loss_matrix,
@@ -36,6 +36,17 @@ class MUCS(Method):
     name = "mucs"
     reference = True
     bf16_scoring = True
+    ranges = {
+        "lam": (lambda v: v > 0, "a number > 0"),
+        "max_steps": POSITIVE_INT,
+        "num_noises": POSITIVE_INT,
+        "schedule_fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+        "unlearn_schedule_fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+        "eps": (lambda v: v > 0, "a number > 0"),
+        "stop_ratio": (lambda v: v > 0, "a number > 0"),
+        "items_per_pass": POSITIVE_INT,
+    }
+    sweep_keys = ("lam",)
 
     def __init__(self, cfg, ctx: Context):
         super().__init__(cfg, ctx)
@@ -123,7 +134,7 @@ class MUCS(Method):
 
     @classmethod
     def summary(cls, cfg, scores):
-        capped = int(scores["hit_max_steps"].sum())
+        capped = cls.items_at_cap(scores)
         if capped:  # one line for the unit, not one per item
             log.warning(
                 "%s: %d of %d items hit method.max_steps=%d before L_GA >= %g * L_null "
@@ -134,6 +145,10 @@ class MUCS(Method):
             "unlearn_steps_mean": scores["steps"].float().mean().item(),
             "hit_max_steps": capped,
         }
+
+    @classmethod
+    def items_at_cap(cls, scores):
+        return int(scores["hit_max_steps"].sum())
 
     @classmethod
     def figures(cls, cfg, scores, folder, prefix=""):

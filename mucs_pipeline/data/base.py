@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline.artifacts import config_hash
+
 
 class DatasetError(ValueError):
     """The dataset's files cannot be used; the message names the file and what to do."""
@@ -130,3 +132,14 @@ def build_dataset(cfg: DictConfig, split: str = "train") -> ImageData:
     held_out = torch.ones(len(data), dtype=torch.bool)
     held_out[subset_indices(len(data), size, seed)] = False
     return data.subset(held_out)
+
+
+_TRAINING_SETS: dict[str, ImageData] = {}
+
+
+def training_set(cfg: DictConfig) -> ImageData:
+    """The training set of a dataset config, read once per process and config."""
+    key = config_hash(cfg)
+    if key not in _TRAINING_SETS:
+        _TRAINING_SETS[key] = build_dataset(cfg)
+    return _TRAINING_SETS[key]

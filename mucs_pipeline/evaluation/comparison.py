@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import METHODS, Method, method_class
+from mucs_pipeline.constants import BASELINE
 from mucs_pipeline.evaluation.protocol import result_rows, top_k_indices, top_k_sets
 from mucs_pipeline.evaluation.stats import (
     compare,
@@ -20,7 +22,6 @@ from mucs_pipeline.evaluation.stats import (
     pair_overlaps,
 )
 from mucs_pipeline.evaluation.tables import Num, write_table
-from mucs_pipeline.layout import BASELINE
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,24 @@ def pool(folders: list[Path]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
                     slot = pooled.setdefault(subset, {}).setdefault(method, {})
                     slot[metric] = torch.cat([slot[metric], values]) if metric in slot else values
     return pooled
+
+
+@dataclass
+class Pooled:
+    """One experiment's runs (a method's seeds) pooled: similarities and result rows."""
+
+    sims: dict[str, dict[str, dict[str, torch.Tensor]]]
+    rows: list[dict]
+
+
+def pool_runs(runs: list[dict], alpha: float) -> Pooled:
+    """The similarities of `runs` (resolved run.json records of one experiment) pooled, and
+    their result rows against random removal."""
+    method = runs[0]["method"]
+    sims = pool([r["folder"] for r in runs])
+    metrics = list(next(iter(sims.values()))[method])
+    removed = {x: sum(r["removed"][x] for r in runs) for x in runs[0]["removed"]}
+    return Pooled(sims, result_rows(method, sims, metrics, alpha, removed))
 
 
 def paper_order(methods) -> list[str]:
@@ -84,22 +103,26 @@ def _control(r: dict) -> Num:
 class Comparison:
     """The runs of one comparison, by label (the method, or `mucs/<ablation>`), pooled."""
 
-    def __init__(self, name: str, by_label: dict[str, list[dict]], alpha: float):
+    def __init__(
+        self,
+        name: str,
+        by_label: dict[str, list[dict]],
+        alpha: float,
+        pooled: dict[str, Pooled] | None = None,
+    ):
+        """`pooled`: each label's runs pooled already (the report pools each experiment
+        once for its own tables and the comparisons); else pooled here."""
         self.name, self.runs, self.alpha = name, by_label, alpha
         self.labels = paper_order(by_label)
         self.method = {label: runs[0]["method"] for label, runs in by_label.items()}
         self.cfg = {lb: OmegaConf.create(runs[0]["method_cfg"]) for lb, runs in by_label.items()}
         self.cls = {lb: _method_class(cfg) for lb, cfg in self.cfg.items()}
-        self.pooled = {lb: pool([r["folder"] for r in by_label[lb]]) for lb in self.labels}
+        given = pooled or {}
+        pools = {lb: given.get(lb) or pool_runs(by_label[lb], alpha) for lb in self.labels}
+        self.pooled = {lb: p.sims for lb, p in pools.items()}
+        self.rows = {lb: p.rows for lb, p in pools.items()}
         first = self.labels[0]
         self.metrics = list(self.pooled[first]["target"][self.method[first]])
-        self.rows = {}
-        for lb in self.labels:
-            runs = by_label[lb]
-            removed = {x: sum(r["removed"][x] for r in runs) for x in runs[0]["removed"]}
-            self.rows[lb] = result_rows(
-                self.method[lb], self.pooled[lb], self.metrics, alpha, removed
-            )
         self.k = by_label[first][0]["k"]
         for lb in self.labels:  # the paper's marker: against the closest other method
             for metric, row in self.by_metric(lb).items():
@@ -154,8 +177,9 @@ class Comparison:
                     sets.setdefault(key, {})[r["seed"]] = top_k_sets(s["scores"], r["k"], r["seed"])
                     if method == self.method[lb]:
                         per_run.append(s["seconds"].mean().item() + setup)
-                        if "hit_max_steps" in s:  # unlearning that never met its stop rule
-                            capped = (capped or 0) + int(s["hit_max_steps"].sum())
+                        at_cap = self.cls[lb].items_at_cap(s)  # unlearnings without their stop
+                        if at_cap is not None:
+                            capped = (capped or 0) + at_cap
             mean, ci = mean_ci(per_run)
             time_rows.append(
                 {
@@ -242,10 +266,16 @@ class Comparison:
         return rows
 
 
-def comparison_report(name: str, by_label: dict[str, list[dict]], out: Path, alpha: float):
+def comparison_report(
+    name: str,
+    by_label: dict[str, list[dict]],
+    out: Path,
+    alpha: float,
+    pooled: dict[str, Pooled] | None = None,
+):
     """Every table and figure of one comparison; returns {table name: markdown}."""
     out.mkdir(parents=True, exist_ok=True)
-    c = Comparison(name, by_label, alpha)
+    c = Comparison(name, by_label, alpha, pooled)
     cols = ["method", "runs", "items", *c.metrics, "mean"]
     tables = {
         "table1_auc": write_table(

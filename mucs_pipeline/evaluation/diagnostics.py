@@ -26,10 +26,12 @@ def nearest_share(
     return (nearest.values < typical).double().mean().item()
 
 
-def diagnostics(rows: list[dict], fit_loss: float, near: float, capped: dict[str, int], m: int):
+def diagnostics(
+    rows: list[dict], fit_loss: float | None, near: float, capped: dict[str, int], m: int
+):
     """[{diagnostic, value, meaning}] of a run: its result rows, F1's training loss relative
-    to L_null, its `nearest_share`, and per method the unlearnings of its m items that hit
-    the step cap (methods that record it)."""
+    to L_null (None: not recorded), its `nearest_share`, and per method the unlearnings of
+    its m items that hit the step cap (methods that record it)."""
     out = []
     for r in rows:
         if r["subset"] == "target":
@@ -48,12 +50,13 @@ def diagnostics(rows: list[dict], fit_loss: float, near: float, capped: dict[str
                 "meaning": "items that were not attributed: near 0.5 when removal changes only "
                 "what it should; far from it, the retraining itself moves every regeneration",
             })  # fmt: skip
-    out.append({
-        "diagnostic": "fit: F1's training loss / L_null (the same draws)",
-        "value": fit_loss,
-        "meaning": "1 = no better than an untrained network; the lower, the more F1 has "
-        "learned its training set (pretrain.steps or pretrain.epochs, model width)",
-    })  # fmt: skip
+    if fit_loss is not None:
+        out.append({
+            "diagnostic": "fit: F1's training loss / L_null (the same draws)",
+            "value": fit_loss,
+            "meaning": "1 = no better than an untrained network; the lower, the more F1 has "
+            "learned its training set (pretrain.steps or pretrain.epochs, model width)",
+        })  # fmt: skip
     out.append({
         "diagnostic": "fit: share of generations nearer a training image than training "
         "images are to each other",

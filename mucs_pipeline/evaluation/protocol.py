@@ -9,6 +9,7 @@ import torch
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline import rng
+from mucs_pipeline.constants import BASELINE
 from mucs_pipeline.evaluation.stats import (
     compare,
     compare_two_sided,
@@ -16,7 +17,6 @@ from mucs_pipeline.evaluation.stats import (
     normalized_difference,
 )
 from mucs_pipeline.evaluation.tables import write_table
-from mucs_pipeline.layout import BASELINE
 
 COLUMNS = [
     "method",

@@ -1,5 +1,3 @@
-"""Query mode: attribute the user's own images with a trained model (`+query=folder`)."""
-
-from mucs_pipeline.query.run import attribute_queries
-
-__all__ = ["attribute_queries"]
+"""Query mode: attribute the user's own images with a trained model (`+query=folder`):
+`inputs` reads them, `run` scores them through the stage graph, `output` writes the table
+and figures."""

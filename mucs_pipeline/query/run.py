@@ -3,21 +3,24 @@ scores of the queries, then the table and figures. Nothing is generated or retra
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
+from mucs_pipeline import plan as cost
+from mucs_pipeline.config import derived
 from mucs_pipeline.data import ImageData
-from mucs_pipeline.layout import Layout, Unit
+from mucs_pipeline.graph import ITEMS, QUERY_STAGES, Unit, needed
+from mucs_pipeline.layout import Layout
 from mucs_pipeline.query import output
 from mucs_pipeline.query.inputs import Queries, captions_for, load_queries, query_files
+from mucs_pipeline.runner import run_unit
+from mucs_pipeline.stages import common
 
 log = logging.getLogger(__name__)
-
-ITEMS = "generate"  # the stage whose items the queries stand in for
-STAGES = ("pretrain", "null_loss", "attribute")  # what a query run can run; `stages=` picks
 
 
 class QueryLayout(Layout):
@@ -51,23 +54,21 @@ def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tup
     (the top `query.top_k` of each) and one figure per query; (their folder, the CSV's
     rows). Units finished by an earlier run (F1, L_null, the same queries' scores) are
     reused."""
-    from mucs_pipeline.stages import attribute, null_loss, pretrain
-
     layout = QueryLayout(cfg, queries)
     method = cfg.method.name
-    if "pretrain" in cfg.stages:
-        pretrain.run(cfg, layout)
-    if "null_loss" in cfg.stages:
-        null_loss.run(cfg, layout)
-    if "attribute" not in cfg.stages:
-        return layout.dir(ITEMS), []
 
     def save(folder: Path) -> dict:
         io.atomic_save(queries.items(), folder / "items.pt")
         return {"num_items": len(queries.names)}
 
-    layout.run_unit(ITEMS, None, save)
-    attribute.run(cfg, layout)
+    for stage in needed("attribute"):  # the graph up to the scores, queries for items
+        if stage == ITEMS:
+            if "attribute" in cfg.stages:
+                run_unit(layout, ITEMS, None, save)
+        elif stage in cfg.stages:
+            importlib.import_module(f"mucs_pipeline.stages.{stage}").run(cfg, layout)
+    if "attribute" not in cfg.stages:
+        return layout.dir(ITEMS), []
     target = io.load(layout.require(ITEMS) / "items.pt")["target"]
     scores = io.load(layout.require("attribute", method) / "scores.pt")["scores"]
     rows = output.records(cfg, data, target, scores, method, cfg.query.top_k)
@@ -83,16 +84,15 @@ def attribute_queries(cfg: DictConfig, data: ImageData, queries: Queries) -> tup
 
 def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
     """plan=true: the units a query run would run or skip, with their cost; computes nothing."""
-    import copy
-
-    from mucs_pipeline import plan as cost
-
-    cfg = copy.deepcopy(cfg)
-    cfg.generate.num_items, cfg.generate.num_controls = len(queries.names), 0
+    cfg = derived(cfg, {"generate": {"num_items": len(queries.names), "num_controls": 0}})
     layout, rate = QueryLayout(cfg, queries), cost.measure(cfg, data)
-    units = [(s, None) for s in STAGES[:2] if s in cfg.stages]
-    if "attribute" in cfg.stages:
-        units += [(ITEMS, None), *[("attribute", m) for m in layout.units("attribute")]]
+    attributes = "attribute" in cfg.stages
+    units = [
+        (stage, method)
+        for stage in needed("attribute")
+        if stage in cfg.stages or (stage == ITEMS and attributes)
+        for method in layout.units(stage)
+    ]
     rows, conditional = [], data.cond is not None
     for stage, method in units:
         free = (0, 0) if stage == ITEMS else None  # the queries are read, not generated
@@ -105,18 +105,16 @@ def plan(cfg: DictConfig, data: ImageData, queries: Queries) -> list[dict]:
 
 def run(cfg: DictConfig) -> dict:
     """`python -m mucs_pipeline +query=folder query.root=...`: the CSV and the figures."""
-    from mucs_pipeline.stages import common
-
     root, files = query_files(cfg.query)  # an empty folder or a missing caption: before compute
     captions = captions_for(cfg.query, root, files) if cfg.dataset.name == "coco" else None
-    data = common.training_set(cfg)
+    data = common.dataset(cfg)
     queries = load_queries(cfg, root, files, data, captions=captions)
     if cfg.plan:
         return {"plan": plan(cfg, data, queries)}
     log.info("attributing %d query images from %s with %s", len(files), root, cfg.method.name)
     folder, rows = attribute_queries(cfg, data, queries)
     if not rows:
-        done = [s for s in STAGES if s in cfg.stages]
+        done = [s for s in QUERY_STAGES if s in cfg.stages]
         print(f"\nStopped after {', '.join(done)} (stages={list(cfg.stages)}): no attribution")
         return {"num_queries": 0, "folder": str(folder)}
     best = [r for r in rows if r["rank"] == 1]

@@ -11,6 +11,7 @@ from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution import Context, build_method
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common, null_loss
 from mucs_pipeline.terminal import Progress
 
@@ -101,7 +102,7 @@ def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, fig
     seconds and the method's own columns), the method's curves and the figures."""
     from mucs_pipeline import tracking
 
-    run = tracking.init(cfg, layout, "attribute", method, layout.dir("attribute", method))
+    run = tracking.init(cfg, "attribute", method, layout.dir("attribute", method))
     if run is None:
         return
     import wandb
@@ -122,7 +123,8 @@ def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, fig
 
 def run(cfg: DictConfig, layout: Layout) -> dict:
     return {
-        m: layout.run_unit(
+        m: run_unit(
+            layout,
             "attribute",
             m,
             lambda folder, m=m: attribute(cfg, layout, m, folder),

@@ -9,13 +9,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
+from mucs_pipeline.attribution.base import method_class
+from mucs_pipeline.constants import BASELINE
 from mucs_pipeline.evaluation import diagnostics
 from mucs_pipeline.evaluation.figures import save_grid, similarity_distributions
 from mucs_pipeline.evaluation.metrics import similarities
 from mucs_pipeline.evaluation.protocol import COLUMNS, result_rows, top_k, write_results
-from mucs_pipeline.layout import BASELINE, Layout
+from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common, null_loss
-from mucs_pipeline.training import mean_training_loss
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,11 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
             }
             io.atomic_save(sims[subset], folder / f"similarities_{subset}.pt")
     removed = {m: layout.manifest("retrain", m)["metrics"]["num_removed"] for m in layout.methods}
+    data = common.dataset(cfg)
     # Metrics skipped for missing weights (metric.skip_unavailable) are absent from sims.
     names = [n for n in cfg.metric.names if n in sims["target"][cfg.method.name]]
     rows = result_rows(cfg.method.name, sims, names, cfg.evaluate.alpha, removed)
-    diags = setup_diagnostics(cfg, layout, original["target"], rows)
+    diags = setup_diagnostics(cfg, layout, data, original["target"], rows)
     runs = f"{cfg.name}, {cfg.method.name}, seed {cfg.seed}"
     write_results(
         rows, folder, runs, cfg.evaluate.alpha, notes=diagnostics.markdown({cfg.seed: diags})
@@ -52,7 +55,7 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
         "label": cfg.method.name + (f"/{cfg.ablation.name}" if cfg.get("ablation") else ""),
         "ablation": OmegaConf.to_container(cfg.ablation) if cfg.get("ablation") else None,
         "removed": removed,
-        "k": top_k(len(common.dataset(cfg)), cfg.evaluate.k_fraction),
+        "k": top_k(len(data), cfg.evaluate.k_fraction),
         # Where this run's artifacts are, for the report's tables and figures: relative to
         # the runs folder, so that the report works wherever it is moved or copied.
         "folder": layout.relative(folder),
@@ -74,15 +77,20 @@ def evaluate(cfg: DictConfig, layout: Layout, folder: Path) -> dict:
     return {f"{r['subset']}/{r['metric']}/{k}": r[k] for r in rows for k in ("auc", "p_value")}
 
 
-def setup_diagnostics(cfg: DictConfig, layout: Layout, items: dict, rows: list[dict]):
-    """evaluation.diagnostics of this run: F1's fit (its loss on L_null's draws, and how
-    near its generations are to training images) and the unlearnings that hit their cap."""
-    data = common.dataset(cfg)
-    f1 = common.load_net(cfg, data, layout.require("pretrain") / "ema.pt")
-    fit = mean_training_loss(cfg, f1, data, common.diffusion(cfg)) / null_loss.read(layout)
+def setup_diagnostics(cfg: DictConfig, layout: Layout, data, items: dict, rows: list[dict]):
+    """evaluation.diagnostics of this run: F1's fit (its loss on L_null's draws, which the
+    pretrain unit records, and how near its generations are to training images) and the
+    unlearnings that hit their cap, as each method counts them."""
+    training_loss = layout.manifest("pretrain")["metrics"].get("training_loss")
+    # An F1 pretrained before the pretrain unit recorded its fit: that diagnostic is absent.
+    fit = None if training_loss is None else training_loss / null_loss.read(layout)
     near = diagnostics.nearest_share(items["images"], data.x, cfg.seed)
-    summaries = {m: layout.manifest("attribute", m)["metrics"] for m in layout.methods}
-    capped = {m: s["hit_max_steps"] for m, s in summaries.items() if "hit_max_steps" in s}
+    capped = {}
+    for m in layout.methods:
+        scores = io.load(layout.require("attribute", m) / "scores.pt")
+        n = method_class(layout.method_cfg(m)).items_at_cap(scores)
+        if n is not None:
+            capped[m] = n
     return diagnostics.diagnostics(rows, fit, near, capped, len(items["images"]))
 
 
@@ -106,7 +114,7 @@ def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], diags: list, fo
     (numeric columns), the regenerations and the similarity histograms."""
     from mucs_pipeline import tracking
 
-    run = tracking.init(cfg, layout, "evaluate", cfg.method.name, folder)
+    run = tracking.init(cfg, "evaluate", cfg.method.name, folder)
     if run is None:
         return
     import wandb
@@ -124,7 +132,7 @@ def log_wandb(cfg: DictConfig, layout: Layout, rows: list[dict], diags: list, fo
 
 
 def run(cfg: DictConfig, layout: Layout) -> dict:
-    return layout.run_unit("evaluate", None, lambda folder: evaluate(cfg, layout, folder))
+    return run_unit(layout, "evaluate", None, lambda folder: evaluate(cfg, layout, folder))
 
 
 def read_results(layout: Layout) -> str:

@@ -8,6 +8,7 @@ from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation.figures import save_grid
 from mucs_pipeline.generation import generate, item_plan
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common
 
 
@@ -51,4 +52,4 @@ def run(cfg: DictConfig, layout: Layout) -> dict:
             "num_controls": len(items["control"]["seeds"]),
         }
 
-    return layout.run_unit("generate", None, work)
+    return run_unit(layout, "generate", None, work)

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import init_model, mean_training_loss
 
@@ -21,7 +22,7 @@ def run(cfg: DictConfig, layout: Layout) -> dict:
         io.atomic_write_text(folder / "loss_null.txt", f"{loss_null!r}\n")
         return {"loss_null": loss_null}
 
-    return layout.run_unit("null_loss", None, work)
+    return run_unit(layout, "null_loss", None, work)
 
 
 def read(layout: Layout) -> float:

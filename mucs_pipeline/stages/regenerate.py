@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common
 from mucs_pipeline.stages.generate import generate_items
 
@@ -19,6 +20,6 @@ def regenerate(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
 
 def run(cfg: DictConfig, layout: Layout) -> dict:
     return {
-        m: layout.run_unit("regenerate", m, lambda folder, m=m: regenerate(cfg, layout, m, folder))
+        m: run_unit(layout, "regenerate", m, lambda folder, m=m: regenerate(cfg, layout, m, folder))
         for m in layout.units("regenerate")
     }

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation.protocol import removal_set, top_k
 from mucs_pipeline.layout import Layout
+from mucs_pipeline.runner import run_unit
 from mucs_pipeline.stages import common
 from mucs_pipeline.training import train
 
@@ -41,8 +42,12 @@ def retrain(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
 
 def run(cfg: DictConfig, layout: Layout) -> dict:
     return {
-        m: layout.run_unit(
-            "retrain", m, lambda folder, m=m: retrain(cfg, layout, m, folder), distributed=True
+        m: run_unit(
+            layout,
+            "retrain",
+            m,
+            lambda folder, m=m: retrain(cfg, layout, m, folder),
+            distributed=True,
         )
         for m in layout.units("retrain")
     }

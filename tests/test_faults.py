@@ -164,7 +164,7 @@ BOUNDARIES = {
 }
 
 
-@pytest.mark.parametrize("changed", slow_unless(list(BOUNDARIES), ["pretrain"]))
+@pytest.mark.parametrize("changed", slow_unless(list(BOUNDARIES), ["attribute[mucs]"]))
 def test_a_changed_upstream_artifact_recomputes_exactly_its_dependants_from_scratch(
     runs, tmp_path, changed, caplog
 ):
@@ -269,9 +269,7 @@ WRITES = {
 }
 
 
-@pytest.mark.parametrize(
-    "kind", slow_unless(list(WRITES), ["checkpoint", "torch artifact", "cache", "manifest", "text"])
-)
+@pytest.mark.parametrize("kind", slow_unless(list(WRITES), ["checkpoint", "manifest", "text"]))
 def test_a_full_disk_leaves_no_damaged_file_and_the_rerun_finishes_the_run(
     clean, runs, kind, monkeypatch
 ):
@@ -320,7 +318,7 @@ DAMAGES.append(("manifest", mistype))
     "kind,damage",
     slow_unless(
         DAMAGES,
-        [d for d in DAMAGES if d[0] not in ("finished item", "cache") or d[1] is truncate],
+        [d for d in DAMAGES if d[0] not in ("finished item", "cache")],
         ids=[f"{k}-{d.__name__}" for k, d in DAMAGES],
     ),
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, make_cfg, run_cli, slow_unless, write_cifar_batches, write_coco
+from conftest import CONF, make_cfg, run_cli, write_cifar_batches, write_coco
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
@@ -134,7 +134,7 @@ def test_cfg_job_shows_the_prepared_config_that_runs(tmp_path):
     """`--cfg job` prints what will run: debug=micro's method_settings on the method
     (max_steps 3, not mucs.yaml's 300), and writes no folder."""
     runs = tmp_path / "runs"
-    out = run_cli(runs, "--cfg", "job", "method.num_noises=5")
+    out = run_cli(runs, "--cfg=job", "method.num_noises=5")
     assert out.returncode == 0, out.stderr[-2000:]
     method = OmegaConf.create(out.stdout).method
     assert method.max_steps == 3 and method.num_noises == 5  # the command line wins
@@ -201,9 +201,10 @@ def synthetic_data(experiment: str, root: Path) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize(
-    "experiment", slow_unless(RUN_EXPERIMENTS, ["digits_mucs"])
-)  # the methods run in test_baselines, the datasets in test_data
+# make test runs the default experiment (test_full_run_writes_every_artifact), each method
+# (test_baselines) and each dataset (test_data); make test-all runs every experiment here.
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", RUN_EXPERIMENTS)
 def test_every_experiment_config_runs_on_micro_settings(experiment, tmp_path):
     data = synthetic_data(experiment, tmp_path / "data")
     cfg = make_cfg(tmp_path, f"+experiment={experiment}", *data)
@@ -290,6 +291,7 @@ def test_ensemble_reuses_the_score_artifacts_of_its_components(tmp_path):
     assert {"attribute[dtrak]", "attribute[pixel]"} <= set(manifest["inputs"])
 
 
+@pytest.mark.slow
 def test_a_finished_unit_leaves_no_network_behind(tmp_path, monkeypatch):
     """Each unit's networks are freed when it ends, not at some later collection: at
     DiT/B size every network left behind is gigabytes (OOM over a paper run otherwise)."""

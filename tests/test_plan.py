@@ -30,6 +30,7 @@ def test_plan_times_each_unit_on_this_machine(tmp_path):
     assert by_unit["attribute", "random"]["seconds"] == 0
 
 
+@pytest.mark.slow
 def test_plan_on_the_command_line_writes_no_folder(tmp_path):
     runs = tmp_path / "runs"
     out = subprocess.run(

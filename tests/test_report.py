@@ -82,6 +82,7 @@ def test_a_new_report_removes_the_figures_of_labels_it_no_longer_writes(runs):
     assert (out / "wandb").is_dir()
 
 
+@pytest.mark.slow
 def test_runs_of_other_settings_form_another_comparison(runs):
     assert len(find_comparisons(runs)) == 1
     pipeline.run(make_cfg(runs, "evaluate.k_fraction=0.1", "method=pixel"))
@@ -148,6 +149,7 @@ def test_training_stages_log_to_an_offline_wandb_run(tmp_path, monkeypatch):
     assert any(p.suffix == ".wandb" for p in run_dir.iterdir())  # the run's event log
 
 
+@pytest.mark.slow
 def test_a_lambda_sweep_gives_one_row_per_lambda_not_a_pooled_one(runs, tmp_path):
     import shutil
 
@@ -194,6 +196,7 @@ def test_the_marker_against_the_best_other_method(tmp_path):
     assert not str(_auc(pixel)).endswith("†")
 
 
+@pytest.mark.slow
 def test_bf16_scores_are_another_setting_not_pooled_with_float32_ones(runs, tmp_path):
     import shutil
 

@@ -93,7 +93,7 @@ def measure(cfg: DictConfig, data, call_budget: float = 0.25) -> dict[str, float
         diffusion.loss(net, x, cond, sigma, noise).mean().backward()
         opt.step()
 
-    score_batch = cfg.method.get("score_batch") or cfg.null_loss.batch_size
+    score_batch = method_class(cfg.method).score_batch(cfg.method) or cfg.null_loss.batch_size
     rate, forward_batch = per_sample(forward, score_batch)
     train, train_batch = per_sample(train_step, cfg.pretrain.batch_size)
     return {"forward": rate, "train": train, "forward_batch": forward_batch,

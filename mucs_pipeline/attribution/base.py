@@ -89,6 +89,12 @@ class Method:
         return 0, 0, 0
 
     @classmethod
+    def score_batch(cls, cfg: DictConfig) -> int | None:
+        """The network forwards per batch its scoring runs (`method.score_batch`, where the
+        method has it): the batch `plan=true` times a forward at; None: no such batch."""
+        return cfg.get("score_batch")
+
+    @classmethod
     def components(cls, cfg: DictConfig) -> list[str]:
         """The methods whose scores this one combines (an ensemble's); they are attributed first."""
         return []

@@ -58,6 +58,12 @@ def config_hash(*parts: Any) -> str:
     ]
 
 
+def runs_relative(runs_dir: Path | str, path: Path) -> str:
+    """`path` relative to the runs folder: what run.json and W&B record, so that the folder
+    can move."""
+    return Path(path).relative_to(Path(runs_dir)).as_posix()
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` to a temporary file beside `path`, then os.replace it onto `path`.
 

@@ -71,8 +71,7 @@ class Layout:
         return self.root / stage / (f"{prefix}-{key}" if prefix else key)
 
     def relative(self, path: Path) -> str:
-        """`path` relative to the runs folder: what run.json stores, so that the folder can move."""
-        return path.relative_to(self.runs_dir).as_posix()
+        return io.runs_relative(self.runs_dir, path)
 
     def name(self, stage: str, method: str | None = None) -> str:
         """How the log names a unit."""

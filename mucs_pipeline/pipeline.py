@@ -39,12 +39,11 @@ def run(cfg: DictConfig, overrides=()) -> dict:
 
         return {"query": run_queries(cfg)}
     layout = Layout(cfg)
-    from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
-
-    data = common.dataset(cfg)
     if cfg.plan:
         from mucs_pipeline import plan
+        from mucs_pipeline.stages import common  # after the loggers: it imports Lightning
 
+        data = common.dataset(cfg)  # read by config.prepare: cached
         rate = plan.measure(cfg, data)  # a few timed batches of the configured network
         rows = plan.units(cfg, layout, len(data), data.cond is not None, rate)
         print(

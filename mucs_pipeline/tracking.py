@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mucs_pipeline import artifacts as io
 from mucs_pipeline import distributed as dist
 from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.keys import comparison_key
@@ -82,7 +83,11 @@ def identity(cfg: DictConfig, stage: str, method: str | None, folder: Path) -> d
     key = folder.name.rsplit("-", 1)[-1][:6]  # unique per unit config, short enough to read
     name = "-".join(p for p in (cfg.name, stage, label, f"seed{cfg.seed}", key) if p)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["unit"] = {"stage": stage, "method": method, "folder": relative(cfg, folder)}
+    config["unit"] = {
+        "stage": stage,
+        "method": method,
+        "folder": io.runs_relative(cfg.paths.runs_dir, folder),
+    }
     config["choices"] = dict(_CHOICES)
     return {
         "project": cfg.logger.project,
@@ -109,11 +114,6 @@ def start(run: dict, mode: str, folder: Path, verbose: bool = False):
         reinit="finish_previous",
         settings=wandb.Settings(silent=not verbose),
     )
-
-
-def relative(cfg: DictConfig, folder: Path) -> str:
-    """`folder` relative to the runs folder, as run.json records it."""
-    return Path(folder).relative_to(Path(cfg.paths.runs_dir)).as_posix()
 
 
 def init(cfg: DictConfig, stage: str, method: str | None, folder: Path):

@@ -32,8 +32,6 @@ from mucs_pipeline.method_config import components, method_cfg
 
 GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
 
-__all__ = ["ConfigError", "validate", "check_training_set"]
-
 
 def _type_name(value: Any) -> str | None:
     """The schema type of a value in a shipped file (None: accepts anything)."""

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from mucs_pipeline.errors import ConfigError
 from mucs_pipeline.evaluation.metrics import neg_mse
-from mucs_pipeline.validate import ConfigError, validate
+from mucs_pipeline.validate import validate
 
 # (overrides, the start of the one line naming the key and the value)
 MALFORMED = [

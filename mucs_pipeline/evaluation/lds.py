@@ -38,7 +38,9 @@ def predictions(scores: torch.Tensor, members: torch.Tensor) -> np.ndarray:
 
 def _spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each column of a with the same column of b (rows: subsets),
-    as scipy's spearmanr: Pearson of average ranks; nan where a column is constant."""
+    as scipy's spearmanr: Pearson of average ranks; nan where a column is constant.
+    Written here because spearmanr of two (S, m) arrays computes the whole (2m, 2m) matrix,
+    of which LDS needs only the m matched pairs."""
     ra, rb = rankdata(a, axis=0), rankdata(b, axis=0)
     ra, rb = ra - ra.mean(axis=0), rb - rb.mean(axis=0)
     norm = np.sqrt((ra**2).sum(axis=0) * (rb**2).sum(axis=0))

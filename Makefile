@@ -26,7 +26,7 @@ test: install
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Scoring-engine and per-method timings: writes docs/benchmarks.md and docs/benchmarks.json.
+# Scoring-engine, per-method and LDS subset-model timings: writes docs/benchmarks.md and .json.
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 

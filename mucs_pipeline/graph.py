@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mucs_pipeline import lds_units
 from mucs_pipeline.keys import generate_recipe, pretrain_recipe
 
 if TYPE_CHECKING:
@@ -22,26 +23,37 @@ if TYPE_CHECKING:
 Unit = tuple[str, "str | None"]  # (stage, method); method None for a stage shared by all
 
 # Which units of an upstream stage a unit of method m reads (see Read).
-SHARED, OWN, EVALUATED, COMPONENTS = "shared", "own", "evaluated", "components"
+SHARED, OWN, EVALUATED, COMPONENTS, ALL = "shared", "own", "evaluated", "components", "all"
 
 
 @dataclass(frozen=True)
 class Read:
     """An upstream stage a stage reads: its shared unit (SHARED), the unit of the same
-    method (OWN), the units of every evaluated method, random included (EVALUATED), or
-    those of the method's ensemble components (COMPONENTS)."""
+    method (OWN), the units of every evaluated method, random included (EVALUATED), those
+    of the method's ensemble components (COMPONENTS) or all its units (ALL); only where
+    `when` holds, if given. Only units the upstream stage has are read: a stage that the
+    config leaves out (LDS's held-out queries when only generated items are asked for)
+    has none."""
 
     stage: str
     which: str = SHARED
+    when: Callable[[Layout], bool] | None = None  # read only where this holds
 
     def units(self, lay: Layout, method: str | None) -> list[Unit]:
+        if self.when is not None and not self.when(lay):
+            return []
+        has = lay.units(self.stage)
         if self.which == SHARED:
-            return [(self.stage, None)]
-        if self.which == OWN:
-            return [(self.stage, method)]
-        if self.which == EVALUATED:
-            return [(self.stage, m) for m in lay.methods]
-        return [(self.stage, c) for c in lay.components(method)]
+            wanted = [None]
+        elif self.which == OWN:
+            wanted = [method]
+        elif self.which == EVALUATED:
+            wanted = lay.methods
+        elif self.which == COMPONENTS:
+            wanted = lay.components(method)
+        else:
+            wanted = has
+        return [(self.stage, m) for m in wanted if m in has]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,46 @@ def _attributed(lay: Layout) -> list[str | None]:
     return list(dict.fromkeys(u for m in lay.methods for u in [*lay.components(m), m]))
 
 
+def _attribute(name: str, items: str, units=_attributed) -> Stage:
+    """A stage scoring the items of stage `items` with every method (attribute: the
+    generated items; lds_attribute: LDS's held-out queries)."""
+    return Stage(
+        name,
+        key=lambda lay, m: (
+            lay.key(items),
+            lay.key("null_loss"),
+            lay.method_cfg(m),
+            pretrain_recipe(lay.cfg),
+            lay.bf16_scores(m),
+            *[lay.key(name, c) for c in lay.components(m)],
+            # F1, which generate's key holds for the attribute stage (kept as it was)
+            *([] if items == "generate" else [lay.key("pretrain")]),
+        ),
+        reads=(Read(items), Read("null_loss"), Read("pretrain"), Read(name, COMPONENTS)),
+        units=units,
+    )
+
+
+def _if_lds(units, queries: str | None = None):
+    """`units` where lds=on asks for the query set `queries` (None: any), else none."""
+
+    def of(lay: Layout) -> list[str | None]:
+        wanted = lds_units.query_sets(lay.cfg)
+        return units(lay) if wanted and (queries is None or queries in wanted) else []
+
+    return of
+
+
+def _asks(queries: str) -> Callable[[Layout], bool]:
+    return lambda lay: queries in lds_units.query_sets(lay.cfg)
+
+
+def lds_queries(lay: Layout) -> list[tuple[str, str]]:
+    """(query set, the stage holding its items) of the query sets LDS is measured on."""
+    return [(q, "generate" if q == "generated" else "lds_heldout") for q in
+            lds_units.query_sets(lay.cfg)]  # fmt: skip
+
+
 GRAPH = (
     Stage("pretrain", key=lambda lay, m: (*_model(lay), pretrain_recipe(lay.cfg))),
     Stage(
@@ -79,24 +131,7 @@ GRAPH = (
         reads=(Read("pretrain"),),
     ),
     Stage("null_loss", key=lambda lay, m: (*_model(lay), lay.cfg.null_loss)),
-    Stage(
-        "attribute",
-        key=lambda lay, m: (
-            lay.key("generate"),
-            lay.key("null_loss"),
-            lay.method_cfg(m),
-            pretrain_recipe(lay.cfg),
-            lay.bf16_scores(m),
-            *[lay.key("attribute", c) for c in lay.components(m)],
-        ),
-        reads=(
-            Read("generate"),
-            Read("null_loss"),
-            Read("pretrain"),
-            Read("attribute", COMPONENTS),
-        ),
-        units=_attributed,
-    ),
+    _attribute("attribute", "generate"),
     Stage(
         "retrain",
         key=lambda lay, m: (
@@ -130,6 +165,81 @@ GRAPH = (
             Read("null_loss"),
         ),
         prefix=lambda lay, m: lay.cfg.method.name,  # one evaluation per evaluated method
+    ),
+    # The linear datamodeling score (lds=on, conf/lds/on.yaml): models trained on random
+    # subsets, the queries' losses under each, and each method's rank correlation.
+    Stage(
+        "lds_subsets",
+        key=lambda lay, m: (
+            lay.cfg.dataset,
+            lay.cfg.seed,
+            lay.cfg.lds.num_subsets,
+            lay.cfg.lds.alpha,
+            lay.cfg.lds.split,
+        ),
+        units=_if_lds(lambda lay: [None]),
+    ),
+    # A unit draws its own subsets (subset s from its own stream, whatever S is), so that
+    # the units of S = 32 are the first units of S = 64: growing S trains only the rest.
+    Stage(
+        "lds_train",
+        key=lambda lay, m: (
+            *_model(lay),
+            pretrain_recipe(lay.cfg),
+            lds_units.steps(lay.cfg),
+            lay.cfg.lds.common_random_numbers,
+            lay.cfg.lds.alpha,
+            lay.cfg.lds.split,
+            lds_units.unit_models(lay.cfg, m),
+        ),
+        units=_if_lds(lambda lay: lds_units.units(lay.cfg)),
+    ),
+    Stage(
+        "lds_heldout",
+        key=lambda lay, m: (
+            lay.cfg.dataset,
+            lay.cfg.seed,
+            lay.cfg.lds.num_heldout,
+            lay.cfg.lds.split,
+        ),
+        units=_if_lds(lambda lay: [None], "heldout"),
+    ),
+    _attribute("lds_attribute", "lds_heldout", units=_if_lds(_attributed, "heldout")),
+    Stage(
+        "lds_outputs",
+        key=lambda lay, m: (
+            [lay.key("lds_train", u) for u in lay.units("lds_train")],
+            [lay.key(items) for _, items in lds_queries(lay)],
+            lay.cfg.diffusion,
+            lay.cfg.lds.bank.levels,  # not its batch size: how draws are grouped
+            lay.cfg.lds.bank.noises,
+        ),
+        reads=(
+            Read("lds_train", ALL),
+            Read("generate", when=_asks("generated")),
+            Read("lds_heldout"),
+        ),
+        units=_if_lds(lambda lay: [None]),
+    ),
+    Stage(
+        "lds",
+        key=lambda lay, m: (
+            lay.key("lds_outputs"),
+            lay.key("lds_subsets"),
+            [
+                lay.key("attribute" if q == "generated" else "lds_attribute", m)
+                for q, _ in lds_queries(lay)
+            ],
+            lay.cfg.lds.confidence,
+            lay.cfg.lds.resamples,
+        ),
+        reads=(
+            Read("lds_outputs"),
+            Read("lds_subsets"),
+            Read("attribute", OWN, when=_asks("generated")),
+            Read("lds_attribute", OWN),
+        ),
+        units=_if_lds(lambda lay: lay.methods),
     ),
 )
 STAGES = [stage.name for stage in GRAPH]

@@ -63,6 +63,10 @@ def run(cfg: DictConfig, overrides=()) -> dict:
             f"\nLeave-k-out results, {cfg.method.name} vs random removal "
             f"({layout.dir('evaluate')}/results.csv):\n{read_results(layout)}"
         )
+    if "lds" in cfg.stages and layout.units("lds") and dist.is_main():
+        from mucs_pipeline.stages.lds import summary
+
+        print(f"\n{summary(cfg, layout)}")
     if dist.is_main():
         print(f"done in {terminal.duration(time.perf_counter() - start)} ({layout.root})")
     return metrics

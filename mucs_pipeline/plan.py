@@ -15,6 +15,7 @@ import time
 import torch
 from omegaconf import DictConfig
 
+from mucs_pipeline import lds_units
 from mucs_pipeline.attribution.base import method_class
 from mucs_pipeline.graph import STAGES
 from mucs_pipeline.layout import Layout
@@ -105,10 +106,12 @@ def unit_seconds(
 ) -> float:
     """Seconds a unit takes at the measured rates (an upper bound where its count is one);
     a training unit's forwards beyond its steps' batches (F1's fit) are plain forwards."""
-    if row["stage"] in ("pretrain", "retrain"):
+    if row["stage"] in ("pretrain", "retrain", "lds_train"):
         trained = row["steps"] * min(batch_size, n)
+        if row["stage"] == "lds_train":  # each model on its subset
+            trained = row["forwards"]
         return trained * rate["train"] + (row["forwards"] - trained) * rate["forward"]
-    if row["stage"] == "attribute" and method_cfg is not None:
+    if row["stage"] in ("attribute", "lds_attribute") and method_cfg is not None:
         train = attribution_cost(method_cfg, n, m)[2]
         return train * rate["train"] + (row["forwards"] - train) * rate["forward"]
     return row["forwards"] * rate["forward"]
@@ -133,7 +136,19 @@ def unit_cost(
         return cfg.null_loss.batch_size * cfg.null_loss.num_batches, 0
     if stage == "attribute":
         return attribution_cost(layout.method_cfg(method), n, cfg.generate.num_items)[:2]
-    return 0, 0  # evaluate: similarity metrics only
+    if stage == "lds_attribute":
+        return attribution_cost(layout.method_cfg(method), n, cfg.lds.num_heldout)[:2]
+    if stage == "lds_train":  # its models' steps, each over its subset's batches
+        models = len(lds_units.unit_models(cfg, method))
+        size = round(cfg.lds.alpha * n)
+        steps = models * lds_units.steps(cfg)
+        return steps * min(cfg.pretrain.batch_size, size), steps
+    if stage == "lds_outputs":
+        queries = {"generated": cfg.generate.num_items, "heldout": cfg.lds.num_heldout}
+        per_model = sum(queries[q] for q in lds_units.query_sets(cfg))
+        bank = cfg.lds.bank.levels * cfg.lds.bank.noises
+        return len(lds_units.models(cfg)) * per_model * bank, 0
+    return 0, 0  # evaluate, lds: similarity metrics and correlations only
 
 
 def unit_row(
@@ -153,8 +168,10 @@ def unit_row(
            "forwards": forwards, "steps": steps,
            "folder": str(layout.dir(stage, method))}  # fmt: skip
     if rate is not None:
-        method_cfg = layout.method_cfg(method) if stage == "attribute" else None
-        m, batch = cfg.generate.num_items, cfg.pretrain.batch_size
+        attributes = stage in ("attribute", "lds_attribute")
+        method_cfg = layout.method_cfg(method) if attributes else None
+        m = cfg.lds.num_heldout if stage == "lds_attribute" else cfg.generate.num_items
+        batch = cfg.pretrain.batch_size
         row["seconds"] = unit_seconds(row, method_cfg, n, m, rate, batch)
     return row
 
@@ -176,14 +193,14 @@ def render(rows: list[dict], rate: dict | None = None) -> str:
 
     timed = all("seconds" in r for r in rows)
     lines = [
-        f"{'stage':<11} {'method':<12} {'state':<7} {'forwards':>14} {'opt. steps':>11}"
+        f"{'stage':<13} {'method':<15} {'state':<7} {'forwards':>14} {'opt. steps':>11}"
         + (f" {'time':>14}" if timed else "")
         + "  folder"
     ]
     for r in rows:
         time_cell = f" {duration(r['seconds']):>14}" if timed else ""
         lines.append(
-            f"{r['stage']:<11} {r['method']:<12} {r['state']:<7} {r['forwards']:>14,} "
+            f"{r['stage']:<13} {r['method']:<15} {r['state']:<7} {r['forwards']:>14,} "
             f"{r['steps']:>11,}{time_cell}  {r['folder']}"
         )
     todo = [r for r in rows if r["state"] != "skip"]

@@ -11,7 +11,10 @@ folder and writes, under `<runs dir>/report/`:
   (between methods), Tables 3/9 (ensembles), each as .md, .csv and .tex, and the
   figures: similarity distributions (Fig. 2), ROC curves, reference vs regenerated
   grids (Figs. 3-5), each method's own figures (MUCS: unlearning trajectories), top-k
-  training items per item.
+  training items per item;
+- per set of LDS subset models (lds=on), `lds-<name>-seed<seed>-<outputs key>/`: every
+  method's LDS with CIs next to its leave-k-out AUC, figures, and the two protocols'
+  rank agreement (mucs_pipeline.lds_report).
 
 `--wandb` also logs every table and figure to one W&B run per comparison (offline unless
 WANDB_MODE says otherwise; numbers in separate columns, so W&B sorts and plots them), and
@@ -32,6 +35,7 @@ from mucs_pipeline.cli import one_line_errors
 from mucs_pipeline.evaluation import diagnostics
 from mucs_pipeline.evaluation.comparison import Pooled, comparison_report, paper_order, pool_runs
 from mucs_pipeline.evaluation.protocol import write_results
+from mucs_pipeline.lds_report import report_lds
 from mucs_pipeline.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -261,8 +265,14 @@ def main() -> None:
     with one_line_errors():  # a damaged artifact is one line naming it
         runs = read_runs(args.runs_dir)  # read once: a run that cannot be used is named once
         pooled = pool_experiments(runs, args.alpha)  # once, for both kinds of table
-        report(args.runs_dir, args.alpha, runs, pooled)
-        report_comparisons(args.runs_dir, args.alpha, args.wandb, runs, pooled)
+        if runs:
+            report(args.runs_dir, args.alpha, runs, pooled)
+            report_comparisons(args.runs_dir, args.alpha, args.wandb, runs, pooled)
+        lds = report_lds(args.runs_dir)
+        if not runs and not lds:
+            raise SystemExit(f"no finished evaluate or lds stage under {args.runs_dir}")
+        for name, key, out in lds if args.wandb else []:
+            log_report_wandb(name, f"lds-{key}", out)
     if args.sync:
         tracking.sync(args.runs_dir, args.dry_run)
 

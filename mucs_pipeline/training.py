@@ -62,6 +62,32 @@ def draw_condition_drop(
     return cond * keep[:, None]
 
 
+def draw_batch(
+    diffusion: Diffusion,
+    data: ImageData,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+    cond_drop: float = 0.0,
+    augment: DictConfig | None = None,
+    sample_cond: bool = False,
+) -> tuple:
+    """The training draws of items `idx` from `gen`, in the stream's order: (x, cond,
+    sigma, noise, augmentation labels or None), on the CPU.
+
+    `augment` is a recipe of `mucs_pipeline.augment` (pretrain.augment; None: none);
+    `sample_cond` draws one of each item's conditions (COCO's captions), as training does.
+    """
+    sigma = diffusion.training_sigma(len(idx), gen)
+    noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
+    if sample_cond:
+        cond = data.training_cond(idx, gen)
+    else:
+        cond = None if data.cond is None else data.cond[idx]
+    cond = draw_condition_drop(cond, cond_drop, gen)
+    x, labels = augmentation.augment(data.x[idx], augment, gen)
+    return x, cond, sigma, noise, labels
+
+
 def training_losses(
     net: torch.nn.Module,
     diffusion: Diffusion,
@@ -74,21 +100,14 @@ def training_losses(
     part: slice = slice(None),
     sample_cond: bool = False,
 ) -> torch.Tensor:
-    """Per-sample losses of items `idx`; sigmas, noises, drops and augmentations from `gen`.
-
-    `augment` is a recipe of `mucs_pipeline.augment` (pretrain.augment; None: none);
-    `sample_cond` draws one of each item's conditions (COCO's captions), as training does.
-    `part` picks the batch positions this process computes (its DDP share). The draws are
-    made for the whole batch first, so every share sees the single-process stream.
+    """Per-sample losses of items `idx`; sigmas, noises, drops and augmentations from `gen`
+    (see draw_batch). `part` picks the batch positions this process computes (its DDP
+    share). The draws are made for the whole batch first, so every share sees the
+    single-process stream.
     """
-    sigma = diffusion.training_sigma(len(idx), gen)
-    noise = torch.randn((len(idx), *data.x.shape[1:]), generator=gen)
-    if sample_cond:
-        cond = data.training_cond(idx, gen)
-    else:
-        cond = None if data.cond is None else data.cond[idx]
-    cond = draw_condition_drop(cond, cond_drop, gen)
-    x, labels = augmentation.augment(data.x[idx], augment, gen)
+    x, cond, sigma, noise, labels = draw_batch(
+        diffusion, data, idx, gen, cond_drop, augment, sample_cond
+    )
     if labels is not None:  # the network is told which draws were transformed
         net = functools.partial(net, aug=labels[part].to(device))
     return diffusion.loss(

@@ -28,9 +28,10 @@ from mucs_pipeline.evaluation.metrics import METRICS
 from mucs_pipeline.evaluation.protocol import top_k
 from mucs_pipeline.generation import MAX_SEED
 from mucs_pipeline.graph import QUERY_STAGES, STAGES
+from mucs_pipeline.lds_units import QUERY_SETS
 from mucs_pipeline.method_config import components, method_cfg
 
-GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths")
+GROUPS = ("dataset", "model", "diffusion", "method", "metric", "trainer", "logger", "paths", "lds")
 
 
 def _type_name(value: Any) -> str | None:
@@ -144,6 +145,17 @@ def check_ranges(cfg: dict, problems: list[str]) -> None:
         ("dataset.channels", lambda v: v in (1, 3), "1 (greyscale) or 3 (RGB)"),
         ("trainer.devices", *positive_int),
         ("trainer.threads", *positive_int),  # null: torch's default
+        ("lds.num_subsets", lambda v: isinstance(v, int) and v >= 3, "an integer >= 3"),
+        ("lds.alpha", lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+        ("lds.replicates", *positive_int),
+        ("lds.steps", *positive_int),  # null: pretrain.steps x alpha
+        ("lds.models_per_pass", *positive_int),
+        ("lds.num_heldout", *positive_int),
+        ("lds.bank.levels", *positive_int),
+        ("lds.bank.noises", *positive_int),
+        ("lds.bank.batch_size", *positive_int),
+        ("lds.confidence", lambda v: 0 < v < 1, "a confidence level in (0, 1)"),
+        ("lds.resamples", *positive_int),
     ]
     try:  # the method's own keys, with the ranges its class declares
         ranges = method_class(cfg.get("method", {})).ranges
@@ -235,6 +247,7 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
             problems.append(
                 f"metric.names={metrics}: unknown {name!r}, expected some of {sorted(METRICS)}"
             )
+    check_lds(cfg, problems)
     accelerator = _get(cfg, "trainer.accelerator")
     if accelerator not in ("cpu", "gpu"):
         problems.append(f"trainer.accelerator={accelerator!r}: expected cpu or gpu")
@@ -243,6 +256,20 @@ def check_semantics(cfg: dict, problems: list[str]) -> None:
 
         if not torch.cuda.is_available():
             problems.append("trainer.accelerator='gpu': no CUDA device is visible; use trainer=cpu")
+
+
+def check_lds(cfg: dict, problems: list[str]) -> None:
+    """lds=on: its names (check_training_set: its subsets keep some items in, some out)."""
+    lds = cfg.get("lds")
+    if lds is None:
+        return
+    if cfg.get("query") is not None:
+        problems.append("lds=on: LDS measures a run's generated or held-out items, not a "
+                        "query run's images (+query=folder); run it without +query")  # fmt: skip
+    if lds.get("queries") not in QUERY_SETS:
+        problems.append(f"lds.queries={lds.get('queries')!r}: expected one of {list(QUERY_SETS)}")
+    if lds.get("split") not in ("eval", "tune"):
+        problems.append(f"lds.split={lds.get('split')!r}: expected eval or tune")
 
 
 def check_paths(cfg: dict, problems: list[str]) -> None:
@@ -312,7 +339,15 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_training_set(cfg: DictConfig, num_train: int) -> None:
-    """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining)."""
+    """The leave-k-out removal must leave training items: k x m <= |Z| (before retraining);
+    LDS's subsets must keep some items in and some out."""
+    if cfg.get("lds") is not None and not 0 < round(cfg.lds.alpha * num_train) < num_train:
+        raise ConfigError(
+            [
+                f"lds.alpha={cfg.lds.alpha}: a subset keeps {round(cfg.lds.alpha * num_train)} "
+                f"of the {num_train} training items; expected some in and some out"
+            ]
+        )
     k, m = top_k(num_train, cfg.evaluate.k_fraction), cfg.generate.num_items
     if k * m > num_train:
         raise ConfigError(

@@ -30,6 +30,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -59,23 +60,27 @@ TARGETS = {  # issue 7
 }
 
 
-# docs/benchmarks.md keeps the section that `make bench-paper` writes between these lines.
+# docs/benchmarks.md keeps the section that `make bench-paper` writes between these lines,
+# and the LDS section (`scripts/bench.py --lds-only` rewrites it alone).
 SECTION = ("<!-- bench-paper: written by scripts/bench_paper.py -->", "<!-- /bench-paper -->")
+LDS_SECTION = ("<!-- bench-lds: written by scripts/bench.py -->", "<!-- /bench-lds -->")
 
 
-def paper_section(path: Path) -> str:
-    """The `make bench-paper` section of a benchmarks.md, with its markers ("" if none)."""
+def paper_section(path: Path, markers: tuple[str, str] = SECTION) -> str:
+    """A marked section of a benchmarks.md (`make bench-paper`'s by default), with its
+    markers ("" if none)."""
     text = path.read_text() if path.exists() else ""
-    start, end = text.find(SECTION[0]), text.find(SECTION[1])
-    return text[start : end + len(SECTION[1])] + "\n" if 0 <= start < end else ""
+    start, end = text.find(markers[0]), text.find(markers[1])
+    return text[start : end + len(markers[1])] + "\n" if 0 <= start < end else ""
 
 
-def replace_section(path: Path, body: str) -> None:
-    """Write `body` as the `make bench-paper` section of benchmarks.md, keeping the rest."""
+def replace_section(path: Path, body: str, markers: tuple[str, str] = SECTION) -> None:
+    """Write `body` as a marked section of benchmarks.md (`make bench-paper`'s by
+    default), keeping the rest."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    old = paper_section(path)
+    old = paper_section(path, markers)
     rest = text.replace(old, "").rstrip("\n") if old else text.rstrip("\n")
-    path.write_text(f"{rest}\n\n{SECTION[0]}\n{body}\n{SECTION[1]}\n")
+    path.write_text(f"{rest}\n\n{markers[0]}\n{body}\n{markers[1]}\n")
 
 
 def config(*overrides: str):
@@ -271,6 +276,58 @@ def methods_section(args) -> tuple[dict, list[str]]:
     return results, rows
 
 
+def lds_section(args) -> tuple[dict, list[str]]:
+    """LDS subset models per hour on the digits recipe: one at a time by the Lightning
+    trainer (as retrain trains), and K at a time stacked (mucs_pipeline.stacked)."""
+    from mucs_pipeline import lds_units
+    from mucs_pipeline.config import prepare
+    from mucs_pipeline.stacked import train_stacked
+
+    cfg = prepare(config("lds=on", *args.trainer))
+    data, diffusion = build_dataset(cfg.dataset), build_diffusion(cfg.diffusion)
+    steps, n = lds_units.steps(cfg), len(data)
+    size = round(cfg.lds.alpha * n)
+    subsets = [torch.randperm(n, generator=torch.Generator().manual_seed(i))[:size]
+               for i in range(max(args.lds_models))]  # fmt: skip
+    short, long = args.lds_steps, 2 * args.lds_steps
+
+    def per_step(run) -> float:
+        """Seconds per step without the fixed start-up: the slope between two lengths."""
+        return (timed(lambda: run(long)) - timed(lambda: run(short))) / (long - short)
+
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def alone(k):
+            folder = Path(tmp) / f"alone{k}"
+            train(cfg, data.subset(subsets[0]), diffusion, folder, k)
+            shutil.rmtree(folder)
+
+        rates = {("lightning", "Lightning, one at a time"): per_step(alone)}
+    for k in args.lds_models:
+
+        def stacked(s, k=k):
+            train_stacked(cfg, data, diffusion, subsets[:k], list(range(k)), s)
+
+        rates[f"stacked_{k}", f"stacked, {k} per pass"] = per_step(stacked) / k
+    rows, results = [], {}
+    for (key, name), seconds in rates.items():
+        per_hour = 3600 / (seconds * steps)
+        rows.append(f"| {name} | {1e3 * seconds:.1f} | {per_hour:.1f} |")
+        results[f"lds_models_per_hour_{key}"] = per_hour
+    intro = [
+        "## LDS subset models",
+        "",
+        f"Digits recipe (`lds=on`): {size} of {n} items per subset, batch "
+        f"{cfg.pretrain.batch_size}, {steps} steps per model (pretrain.steps x alpha); "
+        f"wall seconds per model-step from the slope between {short} and {long} steps "
+        "(start-up excluded), nothing else running.",
+        "",
+        "| trainer | ms per model-step | subset models / hour |",
+        "|---|---|---|",
+    ]
+    return results, [*intro, *rows]
+
+
 def bf16_agreement(cfg, f1, data, diffusion, loss_null: float) -> dict:
     """MUCS scores of one item under bfloat16 scoring against float32, on an F2 that really
     unlearned it (stop rule or step cap): rank correlation, top-2% overlap, loss error."""
@@ -329,6 +386,11 @@ def main() -> None:
                         help="bfloat16 scoring rows and agreement (default: on a GPU)")  # fmt: skip
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides of every run, e.g. method.max_steps=5")  # fmt: skip
+    parser.add_argument("--lds-steps", type=int, default=20, help="steps timed per LDS trainer")
+    parser.add_argument("--lds-models", type=int, nargs="+", default=[1, 8, 16],
+                        help="models per stacked pass timed")  # fmt: skip
+    parser.add_argument("--lds-only", action="store_true",
+                        help="time only the LDS trainers; rewrite only their section")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -342,9 +404,20 @@ def main() -> None:
     dtype = torch.float32  # scoring runs in float32 (bf16 is a switch, off by default)
 
     info = machine()
+    command = "make bench  # " + " ".join(["python scripts/bench.py", *sys.argv[1:]])
+    lds, lds_rows = lds_section(args)
+    lds_md = [*lds_rows, "", f"Measured {time.strftime('%Y-%m-%d')} with `{command}`."]
+    md_path, json_path = args.out / "benchmarks.md", args.out / "benchmarks.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.lds_only:
+        replace_section(md_path, "\n".join(lds_md), LDS_SECTION)
+        old = json.loads(json_path.read_text()) if json_path.exists() else {}
+        json_path.write_text(json.dumps({**old, **lds}, indent=2) + "\n")
+        print("\n".join(lds_md))
+        return
     peak = matmul_flops(device, dtype)
     peaks = {False: peak, True: matmul_flops(device, torch.bfloat16) if args.bf16 else None}
-    results: dict = {"matmul_gflops": peak / 1e9}
+    results: dict = {"matmul_gflops": peak / 1e9, **lds}
     if args.bf16:
         results["matmul_gflops_bf16"] = peaks[True] / 1e9
     logging.info("matmul peak %.1f GFLOP/s", peak / 1e9)
@@ -360,7 +433,6 @@ def main() -> None:
     else:  # Linux reports kilobytes
         results["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    command = "make bench  # " + " ".join(["python scripts/bench.py", *sys.argv[1:]])
     verdicts = [
         f"| `{k}` | {results[k]:.2f} | >= {t} | {'met' if results[k] >= t else 'MISSED'} |"
         for k, t in TARGETS.items()
@@ -427,8 +499,7 @@ def main() -> None:
             f"Projected CIFAR10 DiT/B: {results['cifar10_dit_b_minutes_per_item']:.1f} min "
             "of F2 scoring per item at the mid-size model's achieved FLOP/s."
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = args.out / "benchmarks.md", args.out / "benchmarks.json"
+    md += ["", LDS_SECTION[0], *lds_md, LDS_SECTION[1]]
     kept = paper_section(md_path)  # `make bench-paper`'s results stay
     md_path.write_text("\n".join(md) + "\n" + ("\n" + kept if kept else ""))
     old = json.loads(json_path.read_text()) if json_path.exists() else {}

@@ -150,7 +150,10 @@ class TracingLayout(Layout):
             self._computing.pop()
 
 
-@pytest.mark.parametrize("overrides", [(), ("method=ensemble",)])
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("method=ensemble",), ("lds=on",), ("lds=on", "lds.queries=both", "method=ensemble")],
+)
 def test_each_key_covers_what_its_stage_reads(tmp_path, overrides):
     """Every unit a stage reads enters its key, directly or through another key: a changed
     upstream config always gives a new key."""

@@ -177,3 +177,35 @@ def trajectories(
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def lds_scatter(predicted, actual, rho: float, title: str, path: Path) -> None:
+    """One query's predicted loss (minus the summed scores of each subset) against its
+    measured loss under each subset model: what LDS's Spearman correlation ranks."""
+    fig, axes = _figure(1, 3.6, 3.0)
+    ax = axes[0]
+    ax.scatter(predicted, actual, s=10, color="tab:blue")
+    ax.set_title(f"{title}: Spearman {rho:.3f}", fontsize=9)
+    ax.set_xlabel("predicted: - sum of the subset's scores")
+    ax.set_ylabel("measured loss of the subset model")
+    _save(fig, path)
+
+
+def lds_bars(rows: list[dict], path: Path) -> None:
+    """LDS per method with its bootstrap CI, one panel per query set (rows: method,
+    query_set, lds, ci_low, ci_high)."""
+    sets = list(dict.fromkeys(r["query_set"] for r in rows))
+    fig, axes = _figure(len(sets), 4.2, 0.35 * max(4, len(rows) / len(sets)) + 0.8)
+    for ax, q in zip(axes, sets, strict=True):
+        mine = [r for r in rows if r["query_set"] == q]
+        y = range(len(mine))
+        values = [r["lds"] for r in mine]
+        err = [[v - r["ci_low"] for v, r in zip(values, mine, strict=True)],
+               [r["ci_high"] - v for v, r in zip(values, mine, strict=True)]]  # fmt: skip
+        ax.errorbar(values, list(y), xerr=err, fmt="o", color="tab:red", capsize=3)
+        ax.set_yticks(list(y), [r["method"] for r in mine], fontsize=7)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel("LDS (Spearman, mean over queries)")
+        ax.set_title(f"{q} queries", fontsize=9)
+    _save(fig, path)

@@ -16,10 +16,13 @@ from scipy.stats import bootstrap, rankdata
 from mucs_pipeline import rng
 
 
-def draw_subsets(n: int, num_subsets: int, alpha: float, seed: int) -> torch.Tensor:
+def draw_subsets(
+    n: int, num_subsets: int, alpha: float, seed: int, split: str = "eval"
+) -> torch.Tensor:
     """(S, n) membership of S subsets of round(alpha n) training items each, drawn uniformly
-    without replacement, subset s from its own stream ("lds-subsets", seed, s): a subset
-    does not change when S grows."""
+    without replacement, subset s from its own stream ("lds-subsets", seed, s), or for
+    split="tune" from ("lds-subsets", "tune", seed, s): tuning subsets that are not the
+    reported ones. A subset does not change when S grows."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha}: expected a fraction in (0, 1)")
     size = round(alpha * n)
@@ -27,7 +30,8 @@ def draw_subsets(n: int, num_subsets: int, alpha: float, seed: int) -> torch.Ten
         raise ValueError(f"alpha={alpha} of {n} items keeps {size}: expected some in, some out")
     members = torch.zeros(num_subsets, n, dtype=torch.bool)
     for s in range(num_subsets):
-        members[s, torch.randperm(n, generator=rng.generator("lds-subsets", seed, s))[:size]] = True
+        keys = ("lds-subsets", seed, s) if split == "eval" else ("lds-subsets", split, seed, s)
+        members[s, torch.randperm(n, generator=rng.generator(*keys))[:size]] = True
     return members
 
 

@@ -42,6 +42,10 @@ class DDPM(Diffusion):
         """t uniform over the T timesteps."""
         return torch.randint(0, self.T, (n,), generator=generator).double()
 
+    def training_quantile(self, u):
+        """Timestep floor(u T): with u = (i + 1/2) / T every timestep once (D-TRAK)."""
+        return (u.double() * self.T).floor().clamp(0, self.T - 1)
+
     def schedule(self, num_steps):
         """num_steps timesteps evenly spaced from T-1 down to 0."""
         return torch.linspace(self.T - 1, 0, num_steps, dtype=torch.float64).round()

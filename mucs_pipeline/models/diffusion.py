@@ -53,6 +53,11 @@ class Diffusion:
         """n noise levels from the training distribution."""
         raise NotImplementedError
 
+    def training_quantile(self, u: torch.Tensor) -> torch.Tensor:
+        """The levels at quantiles u in (0, 1) of `training_sigma`'s distribution: a
+        stratified bank of the training distribution (LDS's loss bank)."""
+        raise NotImplementedError
+
     def schedule(self, num_steps: int) -> torch.Tensor:
         """The noise levels a `num_steps` sampler evaluates the network at, descending, float64."""
         raise NotImplementedError

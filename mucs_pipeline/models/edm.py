@@ -61,6 +61,9 @@ class EDM(Diffusion):
         """ln(sigma) ~ N(P_mean, P_std^2)."""
         return (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()
 
+    def training_quantile(self, u):
+        return (torch.special.ndtri(u.double()) * self.P_std + self.P_mean).exp().float()
+
     def schedule(self, num_steps):
         """t_0 > ... > t_{N-1} of EDM Eq. 5."""
         i = torch.arange(num_steps, dtype=torch.float64)

@@ -35,6 +35,9 @@ class Flow(Diffusion):
         """Logit-normal t (Esser et al. 2024): sigmoid of N(t_mean, t_std^2)."""
         return torch.sigmoid(torch.randn(n, generator=generator) * self.t_std + self.t_mean)
 
+    def training_quantile(self, u):
+        return torch.sigmoid(torch.special.ndtri(u.double()) * self.t_std + self.t_mean).float()
+
     def schedule(self, num_steps):
         """num_steps times evenly spaced from 1 down to (not including) 0."""
         return torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[:-1]

@@ -1,4 +1,5 @@
-"""Attribute every generated item with the selected method and with random attribution."""
+"""Attribute every generated item with the selected method and with random attribution
+(and, with lds=on and held-out queries, LDS's held-out images: stage lds_attribute)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ from mucs_pipeline.stages import common, null_loss
 from mucs_pipeline.terminal import Progress
 
 
-def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
+def attribute(
+    cfg: DictConfig,
+    layout: Layout,
+    method: str,
+    folder,
+    stage: str = "attribute",
+    items_stage: str = "generate",
+) -> dict:
+    """Score the items of `items_stage` with `method` (a unit of `stage`)."""
     data = common.dataset(cfg)
-    items = io.load(layout.require("generate") / "items.pt")["target"]
+    items = io.load(layout.require(items_stage) / "items.pt")["target"]
     setup_start = time.perf_counter()
     ctx = Context(
         cfg=cfg,
@@ -30,14 +39,14 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         # Keyed by F1's content, so a recomputed F1 never meets a stale cache.
         cache_dir=layout.root / "cache" / layout.manifest("pretrain")["outputs"]["ema.pt"][:16],
         components={
-            c: io.load(layout.require("attribute", c) / "scores.pt")["scores"]
+            c: io.load(layout.require(stage, c) / "scores.pt")["scores"]
             for c in layout.components(method)
         },
     )
     if items["images"].shape[1:] != data.x.shape[1:]:
         raise ValueError(
-            f"generated items of shape {tuple(items['images'].shape[1:])} do not match the "
-            f"training images {tuple(data.x.shape[1:])}: was generate run with another dataset?"
+            f"{items_stage} items of shape {tuple(items['images'].shape[1:])} do not match the "
+            f"training images {tuple(data.x.shape[1:])}: was it run with another dataset?"
         )
     parts = folder / "items"
     parts.mkdir(exist_ok=True)
@@ -79,7 +88,7 @@ def attribute(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     }
     metrics.update(scorer.summary(mc, out))
     paths = [top_k_figure(cfg, mc, data, items, out, folder), *scorer.figures(mc, out, folder)]
-    log_wandb(cfg, layout, method, scorer, items, out, metrics, paths)
+    log_wandb(cfg, layout, method, scorer, items, out, metrics, paths, stage)
     return metrics
 
 
@@ -97,12 +106,12 @@ def top_k_figure(cfg: DictConfig, method_cfg: DictConfig, data, items: dict, out
     return path
 
 
-def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, figures):
+def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, figures, stage):
     """The attribute unit's W&B run: the unit's numbers, a table of the items (seed,
     seconds and the method's own columns), the method's curves and the figures."""
     from mucs_pipeline import tracking
 
-    run = tracking.init(cfg, "attribute", method, layout.dir("attribute", method))
+    run = tracking.init(cfg, stage, method, layout.dir(stage, method))
     if run is None:
         return
     import wandb
@@ -121,14 +130,14 @@ def log_wandb(cfg, layout: Layout, method: str, scorer, items, out, metrics, fig
     run.finish()
 
 
-def run(cfg: DictConfig, layout: Layout) -> dict:
+def run(cfg: DictConfig, layout: Layout, stage: str = "attribute", items: str = "generate"):
     return {
         m: run_unit(
             layout,
-            "attribute",
+            stage,
             m,
-            lambda folder, m=m: attribute(cfg, layout, m, folder),
+            lambda folder, m=m: attribute(cfg, layout, m, folder, stage, items),
             distributed=True,  # scoring grids are split across the ranks
         )
-        for m in layout.units("attribute")
+        for m in layout.units(stage)
     }

@@ -179,21 +179,6 @@ GRAPH = (
         ),
         units=_if_lds(lambda lay: [None]),
     ),
-    # A unit draws its own subsets (subset s from its own stream, whatever S is), so that
-    # the units of S = 32 are the first units of S = 64: growing S trains only the rest.
-    Stage(
-        "lds_train",
-        key=lambda lay, m: (
-            *_model(lay),
-            pretrain_recipe(lay.cfg),
-            lds_units.steps(lay.cfg),
-            lay.cfg.lds.common_random_numbers,
-            lay.cfg.lds.alpha,
-            lay.cfg.lds.split,
-            lds_units.unit_models(lay.cfg, m),
-        ),
-        units=_if_lds(lambda lay: lds_units.units(lay.cfg)),
-    ),
     Stage(
         "lds_heldout",
         key=lambda lay, m: (
@@ -205,6 +190,21 @@ GRAPH = (
         units=_if_lds(lambda lay: [None], "heldout"),
     ),
     _attribute("lds_attribute", "lds_heldout", units=_if_lds(_attributed, "heldout")),
+    # A unit draws its own subsets (subset s from its own stream, whatever S is), so that
+    # the units of S = 32 are the first units of S = 64: growing S trains only the rest.
+    Stage(
+        "lds_train",
+        key=lambda lay, m: (
+            *_model(lay),
+            lds_units.recipe(lay.cfg),
+            lds_units.steps(lay.cfg),
+            lay.cfg.lds.common_random_numbers,
+            lay.cfg.lds.alpha,
+            lay.cfg.lds.split,
+            lds_units.unit_models(lay.cfg, m),
+        ),
+        units=_if_lds(lambda lay: lds_units.units(lay.cfg)),
+    ),
     Stage(
         "lds_outputs",
         key=lambda lay, m: (

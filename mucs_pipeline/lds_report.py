@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import io as io_module
 import json
+import math
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -115,11 +117,13 @@ def table(rows: list[dict], aucs: dict) -> tuple[list[str], list[list], list[str
         cells.append("" if auc is None else f"{auc['auc']:.3f} ({auc['p']:.2g}), {auc['metric']}")
         data.append(line)
         md.append("| " + " | ".join(cells) + " |")
-    ceilings = {q: r["queries"][q]["ceiling"] for r in rows for q in sets
+    ceilings = {q: r["queries"][q] for r in rows for q in sets
                 if q in r["queries"] and r["queries"][q].get("ceiling") is not None}  # fmt: skip
     if ceilings:
-        md += ["", "Two-seed ceiling (two models per subset, seeds apart): "
-               + ", ".join(f"{q} {v:.3f}" for q, v in ceilings.items())]  # fmt: skip
+        md += ["", "Ceiling (the LDS of retraining itself, from two models per subset seeds "
+               "apart: their agreement, and the ceiling it sets against their mean): "
+               + ", ".join(f"{q} {v['ceiling']:.3f} (agreement {v['replicate_agreement']:.3f})"
+                           for q, v in ceilings.items())]  # fmt: skip
     return columns, data, md
 
 
@@ -129,8 +133,8 @@ def agreement(columns: list[str], data: list[list], query_set: str = "generated"
     if f"lds_{query_set}" not in columns:
         return f"No LDS on {query_set} queries: no ordering to compare."
     i, j = columns.index(f"lds_{query_set}"), columns.index("auc")
-    pairs = [(row[i], row[j]) for row in data
-             if row[0] != BASELINE and row[i] is not None and row[j] is not None]  # fmt: skip
+    pairs = [(row[i], row[j]) for row in data if row[0] != BASELINE
+             and all(v is not None and math.isfinite(v) for v in (row[i], row[j]))]  # fmt: skip
     if len(pairs) < 3:
         return (f"Kendall's tau needs three or more methods with both an LDS on {query_set} "
                 f"queries and a leave-k-out AUC; {len(pairs)} here.")  # fmt: skip
@@ -168,7 +172,8 @@ def report_lds(root: Path) -> list[tuple[str, str, Path]]:
             figures.lds_bars(bars, out / "fig_lds.png")
             for lb, r in named:
                 for scatter in r["folder"].glob("scatter_*.png"):
-                    copy = out / f"fig_{scatter.stem}_{lb}.png"
+                    safe = re.sub(r"[^A-Za-z0-9_.=,\[\]-]", "_", lb)  # a label as a file name
+                    copy = out / f"fig_{scatter.stem}_{safe}.png"
                     io.atomic_write(copy, lambda tmp, src=scatter: shutil.copyfile(src, tmp))
         print(f"\n{title} -> {out}\n" + "\n".join(md) + f"\n{note}")
         written.append((name, outputs, out))

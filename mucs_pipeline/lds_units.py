@@ -3,7 +3,7 @@ into units, their steps and random streams, and the query sets (conf/lds/on.yaml
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 QUERY_SETS = {"generated": ["generated"], "heldout": ["heldout"], "both": ["generated", "heldout"]}
 
@@ -52,3 +52,13 @@ def stream(cfg: DictConfig, subset: int, replicate: int):
     if cfg.lds.common_random_numbers:
         return cfg.seed if replicate == 0 else ("lds-replicate", cfg.seed, replicate)
     return ("lds-model", cfg.seed, cfg.lds.split, subset, replicate)
+
+
+def recipe(cfg: DictConfig) -> dict:
+    """What of the pretraining recipe a subset model follows, as lds_train's key hashes
+    it: the recipe minus what only F1's training uses (its steps, which `steps` replaces;
+    checkpoint and validation intervals; early stopping, which lds=on refuses; a given F1)."""
+    recipe = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    for key in ("steps", "epochs", "checkpoint_every", "validate_every", "patience", "init_from"):
+        recipe.pop(key, None)
+    return recipe

@@ -17,6 +17,7 @@ seeded global stream: reproducible, but not the masks a model trained alone woul
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -53,27 +54,33 @@ def _loss_of(base: torch.nn.Module, buffers: dict, diffusion: Diffusion):
     return model_loss
 
 
-@torch.inference_mode()
+def _attention(device: torch.device):
+    """On a CPU, the math attention kernel: vmap has a batching rule for its ops and none
+    for the fused CPU kernel (it would loop over the models). CUDA's fused kernels have
+    batching rules, and the math kernel would hold every attention matrix."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+
+
 def stacked_losses(
     net: torch.nn.Module,
     diffusion: Diffusion,
     states: list[dict[str, torch.Tensor]],
-    x: torch.Tensor,
-    cond: torch.Tensor | None,
-    sigma: torch.Tensor,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    """(K, B) losses of the same B draws under K weights of `net`'s architecture, in one
-    vmapped pass (`states`: their state dicts)."""
+    device: torch.device,
+):
+    """A function (x, cond, sigma, noise) -> (K, B) losses of the same B draws under the
+    K weights `states` of `net`'s architecture, in one vmapped pass; the weights are
+    stacked and moved to `device` once."""
     names = [n for n, _ in net.named_parameters()]
-    dev = x.device
-    params = {n: _stack([sd[n] for sd in states]).to(dev) for n in names}
-    buffers = {n: b.to(dev) for n, b in net.named_buffers()}
-    dims = (0, None, None, None, None)
-    with sdpa_kernel(SDPBackend.MATH):
-        return vmap(_loss_of(net.eval(), buffers, diffusion), in_dims=dims)(
-            params, x, cond, sigma, noise
-        )
+    params = {n: _stack([sd[n] for sd in states]).to(device) for n in names}
+    buffers = {n: b.to(device) for n, b in net.named_buffers()}
+    losses = vmap(_loss_of(net.eval(), buffers, diffusion), in_dims=(0, None, None, None, None))
+
+    @torch.inference_mode()
+    def of(x, cond, sigma, noise) -> torch.Tensor:
+        with _attention(device):
+            return losses(params, x, cond, sigma, noise)
+
+    return of
 
 
 def train_stacked(
@@ -137,11 +144,9 @@ def train_stacked(
             for part in zip(*draws, strict=True)
         )
         dims = (0, 0, None if cond is None else 0, 0, 0, None if aug is None else 0)
-        # The math attention kernel: vmap has a batching rule for its ops, and none for the
-        # fused CPU kernel (it would loop over the models).
         with (
             rng.global_stream(torch.device(device), "dropout", streams[0], step),
-            sdpa_kernel(SDPBackend.MATH),
+            _attention(torch.device(device)),
         ):
             losses = vmap(model_loss, in_dims=dims, randomness="different")(
                 params, x, cond, sigma, noise, aug

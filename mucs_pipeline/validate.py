@@ -270,6 +270,18 @@ def check_lds(cfg: dict, problems: list[str]) -> None:
         problems.append(f"lds.queries={lds.get('queries')!r}: expected one of {list(QUERY_SETS)}")
     if lds.get("split") not in ("eval", "tune"):
         problems.append(f"lds.split={lds.get('split')!r}: expected eval or tune")
+    if _get(cfg, "pretrain.patience") is not None:
+        problems.append("lds=on: the subset models train a fixed number of steps "
+                        "(lds.steps); expected pretrain.patience=null")  # fmt: skip
+    tc = cfg.get("trainer", {})
+    if (tc.get("devices") or 1) > 1 or (tc.get("num_nodes") or 1) > 1:
+        problems.append("lds=on: its subset models train in one process; expected "
+                        "trainer.devices=1 (one GPU: trainer=gpu)")  # fmt: skip
+    dataset = cfg.get("dataset", {})
+    held_out = dataset.get("name") not in ("digits", "folder") or dataset.get("subset")
+    if lds.get("queries") in ("heldout", "both") and not held_out:
+        problems.append(f"lds.queries={lds['queries']}: dataset {dataset.get('name')!r} has "
+                        "no test split; set dataset.subset to keep some images out")  # fmt: skip
 
 
 def check_paths(cfg: dict, problems: list[str]) -> None:

@@ -12,8 +12,9 @@ from mucs_pipeline import pipeline
 from mucs_pipeline.artifacts import file_sha256
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.errors import ConfigError
+from mucs_pipeline.evaluation.lds import ceiling, lds
 from mucs_pipeline.layout import Layout
-from mucs_pipeline.models import DDPM, EDM, Flow
+from mucs_pipeline.models import DDPM, EDM, Flow, build_diffusion
 from mucs_pipeline.stacked import train_stacked
 from mucs_pipeline.training import init_model, train
 
@@ -70,10 +71,19 @@ def test_lds_run_writes_every_artifact(finished):
         res = lds_results(cfg, method)
         assert set(res) == {"generated", "heldout"}
         for q, r in res.items():
-            assert -1 <= r["lds"] <= 1 and -1 <= r["ceiling"] <= 1, (method, q)
-            assert r["ci_low"] <= r["ci_high"]
+            # The unit's LDS is the library's, on the stored scores, subsets and losses
+            # (replicates averaged).
+            stage = "attribute" if q == "generated" else "lds_attribute"
+            scores = torch.load(d(stage, method) / "scores.pt", weights_only=True)["scores"]
+            expected = lds(scores, members, out["outputs"][q].double().mean(1).numpy())
+            assert r["lds"] == pytest.approx(expected["lds"]), (method, q)
+            assert r["ci_low"] <= r["lds"] <= r["ci_high"] or r["ci_low"] < r["ci_high"]
+            agreement = ceiling(*out["outputs"][q].double().unbind(1))
+            assert r["replicate_agreement"] == pytest.approx(agreement)
+            assert abs(r["ceiling"]) >= abs(agreement)  # the mean of two is less noisy
             assert r["num_subsets"] == 6
         assert (d("lds", method) / "scatter_heldout.png").exists()
+    assert not (d("lds_train", units[0]) / "checkpoints").exists()  # served: removed
     heldout = torch.load(d("lds_attribute", "mucs") / "scores.pt", weights_only=True)
     assert heldout["scores"].shape == (3, 120)
 
@@ -86,7 +96,7 @@ def test_rerun_skips_every_lds_unit(finished, capsys):
     out = capsys.readouterr().out
     res = lds_results(cfg, "mucs")["heldout"]
     assert f"- mucs, heldout (3 queries): {res['lds']:.3f}" in out  # the run's summary
-    assert "two-seed ceiling" in out
+    assert "ceiling" in out and "two-seed agreement" in out
 
 
 def test_plan_lists_the_lds_units_and_their_cost(finished):
@@ -167,6 +177,20 @@ def test_every_method_has_an_lds(finished, method):
     assert all(-1 <= r["lds"] <= 1 for r in res.values()) and set(res) == {"generated", "heldout"}
 
 
+def test_generated_queries_with_one_model_per_subset(finished, capsys):
+    """The defaults' shape: generated queries only, one model per subset, no ceiling; no
+    held-out unit is made or read."""
+    tmp, _ = finished
+    cfg = make_cfg(tmp, *LDS, "lds.queries=generated", "lds.replicates=1")
+    pipeline.run(cfg)
+    layout = Layout(cfg)
+    assert layout.units("lds_heldout") == [] and layout.units("lds_attribute") == []
+    assert "lds_heldout" not in layout.manifest("lds_outputs")["input_hashes"]
+    res = lds_results(cfg, "mucs")
+    assert set(res) == {"generated"} and res["generated"]["ceiling"] is None
+    assert "- mucs, generated (2 queries)" in capsys.readouterr().out
+
+
 def test_tune_split_draws_other_subsets_and_queries(finished):
     _, cfg = finished
     tune = make_cfg(finished[0], *LDS, "lds.split=tune")
@@ -182,31 +206,41 @@ def test_tune_split_draws_other_subsets_and_queries(finished):
     assert not set(ids.tolist()) & set(tune_ids.tolist())
 
 
-def test_stacked_training_matches_training_alone(tmp_path):
+@pytest.mark.parametrize(
+    "override",
+    slow_unless(
+        ["diffusion=edm", "diffusion=ddpm", "diffusion=flow", "pretrain.augment.p=0.5"],
+        ["diffusion=edm"],
+    ),
+)
+def test_stacked_training_matches_training_alone(tmp_path, override):
     """Two subset models trained together equal each trained alone by the Lightning path
     on its subset with the same stream: the same losses on fixed draws (parameters whose
     gradient is zero in exact arithmetic, biases before a norm, may differ: Adam scales
     their rounding noise to full steps)."""
-    cfg = make_cfg(tmp_path, "pretrain.warmup_steps=5", "pretrain.ema_decay=0.9")
-    data, edm = build_dataset(cfg.dataset), EDM()
+    cfg = make_cfg(tmp_path, "pretrain.warmup_steps=5", "pretrain.ema_decay=0.9", override)
+    data, diffusion = build_dataset(cfg.dataset), build_diffusion(cfg.diffusion)
     subsets = [torch.randperm(len(data), generator=torch.Generator().manual_seed(i))[:60]
                for i in range(2)]  # fmt: skip
-    stacked, _ = train_stacked(cfg, data, edm, subsets, [0, ("other", 1)], 20)
-    alone = train(cfg, data.subset(subsets[0]), edm, tmp_path / "alone", 20).eval()
+    stacked, _ = train_stacked(cfg, data, diffusion, subsets, [0, ("other", 1)], 20)
+    alone = train(cfg, data.subset(subsets[0]), diffusion, tmp_path / "alone", 20).eval()
     net = init_model(cfg, data, 0)
     net.load_state_dict(stacked[0])
     gen = torch.Generator().manual_seed(5)
     x, cond = data.x[:50], data.cond[:50]
-    sigma, noise = edm.training_sigma(50, gen), torch.randn(x.shape, generator=gen)
+    sigma, noise = diffusion.training_sigma(50, gen), torch.randn(x.shape, generator=gen)
     with torch.no_grad():
-        a, b = edm.loss(alone, x, cond, sigma, noise), edm.loss(net.eval(), x, cond, sigma, noise)
-        init = edm.loss(init_model(cfg, data, 0), x, cond, sigma, noise)
+        a, b = (
+            diffusion.loss(alone, x, cond, sigma, noise),
+            diffusion.loss(net.eval(), x, cond, sigma, noise),
+        )
+        init = diffusion.loss(init_model(cfg, data, 0), x, cond, sigma, noise)
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
     assert not torch.allclose(a, init, rtol=1e-2)  # 20 steps moved it: the check has teeth
     other = init_model(cfg, data, 0)
     other.load_state_dict(stacked[1])
     with torch.no_grad():
-        c = edm.loss(other.eval(), x, cond, sigma, noise)
+        c = diffusion.loss(other.eval(), x, cond, sigma, noise)
     assert not torch.allclose(b, c, rtol=1e-3)  # the second model is its own
 
 
@@ -244,13 +278,16 @@ def test_bank_levels_stratify_the_training_distribution():
         ("lds.alpha=1.5", "lds.alpha=1.5: expected a fraction"),
         ("lds.alpha=0.001", "lds.alpha=0.001: a subset keeps 0 of the 120"),
         ("lds.num_subsets=2", "lds.num_subsets=2: expected an integer >= 3"),
+        ("pretrain.patience=3", "lds=on: the subset models train a fixed number of steps"),
+        ("trainer.devices=2", "lds=on: its subset models train in one process"),
+        ("lds.queries=heldout dataset.subset=null", "dataset 'digits' has no test split"),
     ],
 )
 def test_bad_lds_settings_are_refused_before_any_compute(tmp_path, override, message):
     from mucs_pipeline.config import prepare
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        prepare(make_cfg(tmp_path, "lds=on", override))
+        prepare(make_cfg(tmp_path, "lds=on", *override.split()))
     assert not any(tmp_path.iterdir())
 
 
@@ -258,8 +295,9 @@ def test_report_writes_the_lds_table_figures_and_agreement(finished, capsys):
     tmp, cfg = finished
     from mucs_pipeline.lds_report import report_lds
 
-    [(name, key, out)] = report_lds(tmp)
-    assert name == "digits" and key == Layout(cfg).key("lds_outputs")
+    written = report_lds(tmp)  # one table per set of subset models' outputs
+    [(name, out)] = [(n, o) for n, k, o in written if k == Layout(cfg).key("lds_outputs")]
+    assert name == "digits" and out.name.startswith("lds-digits-seed0-")
     table = json.loads((out / "table_lds.json").read_text())
     rows = {r[0]: dict(zip(table["columns"], r, strict=True)) for r in table["data"]}
     assert {"mucs", "random"} <= set(rows)
@@ -268,7 +306,7 @@ def test_report_writes_the_lds_table_figures_and_agreement(finished, capsys):
     )
     assert rows["mucs"]["auc"] is None  # no evaluate stage in this run
     assert (out / "fig_lds.png").exists() and (out / "fig_scatter_heldout_mucs.png").exists()
-    assert "Two-seed ceiling" in (out / "table_lds.md").read_text()
+    assert "Ceiling (the LDS of retraining itself" in (out / "table_lds.md").read_text()
 
 
 def test_agreement_is_kendalls_tau_of_the_two_orderings():

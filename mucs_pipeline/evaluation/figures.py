@@ -200,8 +200,9 @@ def lds_bars(rows: list[dict], path: Path) -> None:
         mine = [r for r in rows if r["query_set"] == q]
         y = range(len(mine))
         values = [r["lds"] for r in mine]
-        err = [[v - r["ci_low"] for v, r in zip(values, mine, strict=True)],
-               [r["ci_high"] - v for v, r in zip(values, mine, strict=True)]]  # fmt: skip
+        # BCa's interval can exclude the estimate: no negative error bar
+        err = [[max(0.0, v - r["ci_low"]) for v, r in zip(values, mine, strict=True)],
+               [max(0.0, r["ci_high"] - v) for v, r in zip(values, mine, strict=True)]]  # fmt: skip
         ax.errorbar(values, list(y), xerr=err, fmt="o", color="tab:red", capsize=3)
         ax.set_yticks(list(y), [r["method"] for r in mine], fontsize=7)
         ax.axvline(0, color="gray", lw=0.8)

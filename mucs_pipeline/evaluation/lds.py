@@ -91,5 +91,16 @@ def lds(
 def ceiling(outputs_a: np.ndarray, outputs_b: np.ndarray) -> float:
     """The LDS that retraining itself reaches: the mean over queries of the Spearman
     correlation, across subsets, between two models per subset trained with different
-    seeds ((S, m) losses each). No method's scores can be expected to do better."""
+    seeds ((S, m) losses each). No method's scores can be expected to do better against
+    one model per subset; against the mean of R, see `ceiling_of_mean`."""
     return float(np.nanmean(_spearman_columns(np.asarray(outputs_a), np.asarray(outputs_b))))
+
+
+def ceiling_of_mean(agreement: float, replicates: int) -> float:
+    """The correlation a perfect prediction reaches with the mean of R replicates whose
+    pairwise agreement is `agreement` (Spearman-Brown: sqrt(R a / (1 + (R - 1) a)), for
+    linear correlation, here applied to Spearman's as an approximation): averaging
+    replicates removes noise, so the LDS of a method can exceed the two-seed agreement."""
+    if agreement <= 0:
+        return agreement
+    return float(np.sqrt(replicates * agreement / (1 + (replicates - 1) * agreement)))

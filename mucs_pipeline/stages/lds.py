@@ -1,6 +1,7 @@
 """LDS of each evaluated method (random included): per query set, the Spearman correlation
 across subsets of predicted and measured losses, averaged over queries, with a bootstrap
-CI over subset models; with two or more replicates, the two-seed ceiling."""
+CI over subset models; with two or more replicates, the two-seed agreement and the
+ceiling it sets for LDS against the replicates' mean."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation import figures
-from mucs_pipeline.evaluation.lds import ceiling, lds, predictions
+from mucs_pipeline.evaluation.lds import ceiling, ceiling_of_mean, lds, predictions
 from mucs_pipeline.graph import lds_queries
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.runner import run_unit
@@ -34,7 +35,10 @@ def measure(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
             )
         mean_out = out.mean(1).numpy()  # replicates averaged, as D-TRAK averages its seeds
         res = lds(scores, members, mean_out, c.confidence, c.resamples, cfg.seed)
-        res["ceiling"] = ceiling(out[:, 0].numpy(), out[:, 1].numpy()) if c.replicates > 1 else None
+        agreement = ceiling(out[:, 0].numpy(), out[:, 1].numpy()) if c.replicates > 1 else None
+        res["replicate_agreement"] = agreement  # replicates 0 and 1 of every subset
+        res["ceiling"] = None if agreement is None else ceiling_of_mean(agreement, c.replicates)
+        res["num_queries_used"] = int(np.isfinite(res["per_query"]).sum())  # a correlation
         results[q] = {k: v for k, v in res.items() if k != "per_query"}
         results[q]["num_queries"] = int(out.shape[2])
         results[q]["num_subsets"] = int(out.shape[0])
@@ -100,7 +104,9 @@ def summary(cfg: DictConfig, layout: Layout) -> str:
     for m in layout.units("lds"):
         record = json.loads((layout.require("lds", m) / "lds.json").read_text())
         for q, r in record["queries"].items():
-            ceiling = "" if r["ceiling"] is None else f", two-seed ceiling {r['ceiling']:.3f}"
+            ceiling = "" if r["ceiling"] is None else (
+                f", ceiling {r['ceiling']:.3f} (two-seed agreement "
+                f"{r['replicate_agreement']:.3f})")  # fmt: skip
             lines.append(f"- {m}, {q} ({r['num_queries']} queries): {r['lds']:.3f} "
                          f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{ceiling}")  # fmt: skip
     return "\n".join(lines)

@@ -36,25 +36,30 @@ def bank_noise(cfg: DictConfig, query_set: str, e: int, i: int, shape) -> torch.
 
 
 def model_outputs(cfg, net, states, items: dict, query_set: str, device, bar) -> torch.Tensor:
-    """(K, m) bank-mean losses of the m items under K weights of `net`."""
+    """(K, m) bank-mean losses of the m items under K weights of `net`: the weights
+    stacked once, each pass at most lds.bank.batch_size draws of all K models."""
     diffusion, levels = common.diffusion(cfg), bank_levels(cfg)
-    x, cond = items["images"].to(device), items["cond"]
-    cond = None if cond is None else cond.to(device)
-    m = len(x)
+    losses_of = stacked_losses(net, diffusion, states, device)
+    x, cond = items["images"], items["cond"]
+    m, k, budget = len(x), len(states), cfg.lds.bank.batch_size
+    per_query_pass = max(1, min(m, budget // k))  # queries per pass
+    per_pass = max(1, budget // (per_query_pass * k))  # bank draws per pass
     draws = [(e, i) for e in range(cfg.lds.bank.noises) for i in range(len(levels))]
-    per_pass = max(1, cfg.lds.bank.batch_size // (m * len(states)))  # draws per forward
-    total = torch.zeros(len(states), m, dtype=torch.float64)
+    total = torch.zeros(k, m, dtype=torch.float64)
     for start in range(0, len(draws), per_pass):
         chunk = draws[start : start + per_pass]
-        noise = torch.cat([bank_noise(cfg, query_set, e, i, x.shape) for e, i in chunk])
-        sigma = torch.cat([levels[i].expand(m) for _, i in chunk])
-        reps = len(chunk)
-        losses = stacked_losses(
-            net, diffusion, states, x.repeat(reps, 1, 1, 1),
-            None if cond is None else cond.repeat(reps, 1), sigma.to(device), noise.to(device),
-        )  # fmt: skip
-        total += losses.reshape(len(states), reps, m).sum(1).double().cpu()
-        bar.update(reps * len(states))
+        noises = [bank_noise(cfg, query_set, e, i, x.shape) for e, i in chunk]
+        for q in range(0, m, per_query_pass):
+            part = slice(q, q + per_query_pass)
+            n = len(x[part])
+            losses = losses_of(
+                x[part].repeat(len(chunk), 1, 1, 1).to(device),
+                None if cond is None else cond[part].repeat(len(chunk), 1).to(device),
+                torch.cat([levels[i].expand(n) for _, i in chunk]).to(device),
+                torch.cat([noise[part] for noise in noises]).to(device),
+            )  # (k, len(chunk) * n), draw-major
+            total[:, part] += losses.reshape(k, len(chunk), n).sum(1).double().cpu()
+        bar.update(len(chunk) * k)
     return (total / len(draws)).float()
 
 

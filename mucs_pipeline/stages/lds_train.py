@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
@@ -32,6 +34,9 @@ def train_unit(cfg: DictConfig, layout: Layout, unit: str, folder) -> dict:
         label=f"lds_train {unit}",
     )
     io.atomic_save({"models": pairs, "ema": states}, folder / "models.pt")
+    # The resumable state (optimizer moments of every model) has served: at DiT/B size it
+    # is gigabytes per unit.
+    shutil.rmtree(folder / "checkpoints")
     rows = ["step," + ",".join(f"subset{s}_replicate{r}" for s, r in pairs)]
     rows += [f"{h['step']}," + ",".join(f"{v:.6g}" for v in h["loss"]) for h in history]
     io.atomic_write_text(folder / "losses.csv", "\n".join(rows) + "\n")

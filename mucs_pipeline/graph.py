@@ -205,26 +205,28 @@ GRAPH = (
         ),
         units=_if_lds(lambda lay: lds_units.units(lay.cfg)),
     ),
+    # One unit per lds_train unit: its models' losses of the queries, as soon as it is
+    # trained (a larger S measures only the new models).
     Stage(
         "lds_outputs",
         key=lambda lay, m: (
-            [lay.key("lds_train", u) for u in lay.units("lds_train")],
+            lay.key("lds_train", m),
             [lay.key(items) for _, items in lds_queries(lay)],
             lay.cfg.diffusion,
             lay.cfg.lds.bank.levels,  # not its batch size: how draws are grouped
             lay.cfg.lds.bank.noises,
         ),
         reads=(
-            Read("lds_train", ALL),
+            Read("lds_train", OWN),
             Read("generate", when=_asks("generated")),
             Read("lds_heldout"),
         ),
-        units=_if_lds(lambda lay: [None]),
+        units=_if_lds(lambda lay: lds_units.units(lay.cfg)),
     ),
     Stage(
         "lds",
         key=lambda lay, m: (
-            lay.key("lds_outputs"),
+            [lay.key("lds_outputs", u) for u in lay.units("lds_outputs")],
             lay.key("lds_subsets"),
             [
                 lay.key("attribute" if q == "generated" else "lds_attribute", m)
@@ -234,7 +236,7 @@ GRAPH = (
             lay.cfg.lds.resamples,
         ),
         reads=(
-            Read("lds_outputs"),
+            Read("lds_outputs", ALL),
             Read("lds_subsets"),
             Read("attribute", OWN, when=_asks("generated")),
             Read("lds_attribute", OWN),

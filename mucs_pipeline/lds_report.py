@@ -31,8 +31,8 @@ REPORT_FILES = ["table_lds.*", "agreement.md", "fig_*.png"]
 
 
 def read_units(root: Path) -> list[dict]:
-    """Every finished lds unit under root: its lds.json with `folder` and the keys of the
-    subset models' outputs and subsets it was measured on."""
+    """Every finished lds unit under root: its lds.json with `folder`, a key of the subset
+    models' outputs it was measured on (a hash of their units' keys) and its subsets'."""
     rows = []
     for path in sorted(root.rglob("lds/*/lds.json")):
         manifest_path = path.parent / "manifest.json"
@@ -41,7 +41,8 @@ def read_units(root: Path) -> list[dict]:
         manifest = read_manifest(manifest_path)
         row = json.loads(path.read_text())
         row["folder"] = path.parent
-        row["models"] = (manifest["inputs"]["lds_outputs"], manifest["inputs"]["lds_subsets"])
+        outputs = sorted(v for k, v in manifest["inputs"].items() if k.startswith("lds_outputs"))
+        row["models"] = (io.config_hash(*outputs), manifest["inputs"]["lds_subsets"])
         rows.append(row)
     return rows
 

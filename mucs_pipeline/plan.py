@@ -143,11 +143,11 @@ def unit_cost(
         size = round(cfg.lds.alpha * n)
         steps = models * lds_units.steps(cfg)
         return steps * min(cfg.pretrain.batch_size, size), steps
-    if stage == "lds_outputs":
+    if stage == "lds_outputs":  # its unit's models, every query on the bank
         queries = {"generated": cfg.generate.num_items, "heldout": cfg.lds.num_heldout}
         per_model = sum(queries[q] for q in lds_units.query_sets(cfg))
         bank = cfg.lds.bank.levels * cfg.lds.bank.noises
-        return len(lds_units.models(cfg)) * per_model * bank, 0
+        return len(lds_units.unit_models(cfg, method)) * per_model * bank, 0
     return 0, 0  # evaluate, lds: similarity metrics and correlations only
 
 

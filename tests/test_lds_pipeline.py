@@ -9,13 +9,14 @@ import torch
 from conftest import make_cfg, slow_unless
 
 from mucs_pipeline import pipeline
-from mucs_pipeline.artifacts import file_sha256
+from mucs_pipeline.artifacts import config_hash, file_sha256
 from mucs_pipeline.data import build_dataset
 from mucs_pipeline.errors import ConfigError
 from mucs_pipeline.evaluation.lds import ceiling, lds
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.models import DDPM, EDM, Flow, build_diffusion
 from mucs_pipeline.stacked import train_stacked
+from mucs_pipeline.stages.lds import gather_outputs
 from mucs_pipeline.training import init_model, train
 
 LDS = [
@@ -62,11 +63,15 @@ def test_lds_run_writes_every_artifact(finished):
     # Two replicates of one subset are trained with other seeds: other weights.
     w = "out.weight"
     assert not torch.equal(saved["ema"][0][w], saved["ema"][1][w])
-    out = torch.load(d("lds_outputs") / "outputs.pt", weights_only=True)
+    unit_out = torch.load(d("lds_outputs", units[1]) / "outputs.pt", weights_only=True)
+    assert unit_out["models"] == saved["models"]  # one outputs unit per lds_train unit
+    assert unit_out["outputs"]["heldout"].shape == (4, 3)  # 4 models x 3 queries
+    assert unit_out["levels"].shape == (10,) and unit_out["noises"] == 2
+    out = {"outputs": gather_outputs(cfg, Layout(cfg))}
     assert out["outputs"]["generated"].shape == (6, 2, 2)
     assert out["outputs"]["heldout"].shape == (6, 2, 3)
     assert all(torch.isfinite(o).all() and (o > 0).all() for o in out["outputs"].values())
-    assert out["levels"].shape == (10,) and out["noises"] == 2
+    assert torch.equal(out["outputs"]["heldout"][2:4].flatten(0, 1), unit_out["outputs"]["heldout"])
     for method in ("mucs", "random"):
         res = lds_results(cfg, method)
         assert set(res) == {"generated", "heldout"}
@@ -109,8 +114,9 @@ def test_plan_lists_the_lds_units_and_their_cost(finished):
     assert [r["state"] for r in train] == ["skip", "skip", "skip", "run"]  # S 6 -> 8
     assert all(r["steps"] == 4 * 6 for r in train)  # 4 models x 12 x 0.5 steps
     assert train[0]["forwards"] == 4 * 6 * 60  # each step a batch of its 60-item subset
-    (outputs,) = [r for r in rows if r["stage"] == "lds_outputs"]
-    assert outputs["forwards"] == 16 * (2 + 3) * 10 * 2 and outputs["state"] == "run"
+    outputs = [r for r in rows if r["stage"] == "lds_outputs"]
+    assert [r["state"] for r in outputs] == ["skip", "skip", "skip", "run"]
+    assert all(r["forwards"] == 4 * (2 + 3) * 10 * 2 for r in outputs)  # models x queries x bank
     assert {r["method"] for r in rows if r["stage"] == "lds_attribute"} == {"mucs", "random"}
 
 
@@ -133,7 +139,9 @@ def test_changed_subsets_invalidate_the_scores_built_on_them(finished):
         assert layout.manifest("lds_subsets") is not None  # the subsets unit itself matches
         assert layout.manifest("lds", "mucs") is None and layout.manifest("lds", "random") is None
         assert all(layout.manifest("lds_train", u) is not None for u in layout.units("lds_train"))
-        assert layout.manifest("lds_outputs") is not None
+        assert all(
+            layout.manifest("lds_outputs", u) is not None for u in layout.units("lds_outputs")
+        )
     finally:
         path.write_bytes(original)
         manifest_path.write_text(original_manifest)
@@ -185,7 +193,8 @@ def test_generated_queries_with_one_model_per_subset(finished, capsys):
     pipeline.run(cfg)
     layout = Layout(cfg)
     assert layout.units("lds_heldout") == [] and layout.units("lds_attribute") == []
-    assert "lds_heldout" not in layout.manifest("lds_outputs")["input_hashes"]
+    unit = layout.units("lds_outputs")[0]
+    assert "lds_heldout" not in layout.manifest("lds_outputs", unit)["input_hashes"]
     res = lds_results(cfg, "mucs")
     assert set(res) == {"generated"} and res["generated"]["ceiling"] is None
     assert "- mucs, generated (2 queries)" in capsys.readouterr().out
@@ -296,7 +305,9 @@ def test_report_writes_the_lds_table_figures_and_agreement(finished, capsys):
     from mucs_pipeline.lds_report import report_lds
 
     written = report_lds(tmp)  # one table per set of subset models' outputs
-    [(name, out)] = [(n, o) for n, k, o in written if k == Layout(cfg).key("lds_outputs")]
+    lay = Layout(cfg)
+    key = config_hash(*sorted(lay.key("lds_outputs", u) for u in lay.units("lds_outputs")))
+    [(name, out)] = [(n, o) for n, k, o in written if k == key]
     assert name == "digits" and out.name.startswith("lds-digits-seed0-")
     table = json.loads((out / "table_lds.json").read_text())
     rows = {r[0]: dict(zip(table["columns"], r, strict=True)) for r in table["data"]}

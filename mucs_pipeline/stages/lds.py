@@ -19,9 +19,23 @@ from mucs_pipeline.layout import Layout
 from mucs_pipeline.runner import run_unit
 
 
+def gather_outputs(cfg: DictConfig, layout: Layout) -> dict[str, torch.Tensor]:
+    """{query set: (S, R, m) losses} from every lds_outputs unit."""
+    out = {}
+    for unit in layout.units("lds_outputs"):
+        saved = io.load(layout.require("lds_outputs", unit) / "outputs.pt")
+        for q, losses in saved["outputs"].items():
+            if q not in out:
+                shape = (cfg.lds.num_subsets, cfg.lds.replicates, losses.shape[1])
+                out[q] = torch.full(shape, float("nan"))
+            for (s, r), row in zip(saved["models"], losses, strict=True):
+                out[q][s, r] = row
+    return out
+
+
 def measure(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     members = io.load(layout.require("lds_subsets") / "subsets.pt")["members"]
-    outputs = io.load(layout.require("lds_outputs") / "outputs.pt")["outputs"]
+    outputs = gather_outputs(cfg, layout)
     c = cfg.lds
     results, per_query = {}, {}
     for q, _ in lds_queries(layout):

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from mucs_pipeline import artifacts as io
-from mucs_pipeline import lds_units, rng
+from mucs_pipeline import rng
 from mucs_pipeline.graph import lds_queries
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.runner import run_unit
@@ -64,31 +64,28 @@ def model_outputs(cfg, net, states, items: dict, query_set: str, device, bar) ->
 
 
 def run(cfg: DictConfig, layout: Layout) -> dict:
-    def work(folder):
+    def work(unit, folder):
         data = common.dataset(cfg)
         device = common.device(cfg)
         net = init_model(cfg, data, cfg.seed).to(device)
-        sets = {q: io.load(layout.require(stage) / "items.pt")["target"]
-                for q, stage in lds_queries(layout)}  # fmt: skip
+        saved = io.load(layout.require("lds_train", unit) / "models.pt")
         c = cfg.lds
-        out = {q: torch.full((c.num_subsets, c.replicates, len(it["images"])), float("nan"))
-               for q, it in sets.items()}  # fmt: skip
-        units = layout.units("lds_train")
-        draws = c.bank.levels * c.bank.noises
-        bar = Progress(draws * len(lds_units.models(cfg)) * len(sets), "lds_outputs",
-                       cfg.trainer.progress_bar)  # fmt: skip
-        for unit in units:
-            saved = io.load(layout.require("lds_train", unit) / "models.pt")
-            for q, items in sets.items():
-                losses = model_outputs(cfg, net, saved["ema"], items, q, device, bar)
-                for (s, r), row in zip(saved["models"], losses, strict=True):
-                    out[q][s, r] = row
-        bar.close()
+        out = {}
+        for q, stage in lds_queries(layout):
+            items = io.load(layout.require(stage) / "items.pt")["target"]
+            bar = Progress(c.bank.levels * c.bank.noises * len(saved["ema"]),
+                           f"lds_outputs {unit} {q}", cfg.trainer.progress_bar)  # fmt: skip
+            out[q] = model_outputs(cfg, net, saved["ema"], items, q, device, bar)  # (K, m)
+            bar.close()
         io.atomic_save(
-            {"outputs": out, "levels": bank_levels(cfg), "noises": c.bank.noises,
+            {"models": saved["models"], "outputs": out, "levels": bank_levels(cfg),
+             "noises": c.bank.noises,
              "noise_stream": f"('lds-bank', {cfg.seed}, <query set>, e, i) -> (m, C, H, W)"},
             folder / "outputs.pt",
         )  # fmt: skip
-        return {q: {"queries": o.shape[2]} for q, o in out.items()}
+        return {q: {"queries": o.shape[1]} for q, o in out.items()}
 
-    return {u: run_unit(layout, "lds_outputs", u, work) for u in layout.units("lds_outputs")}
+    return {
+        u: run_unit(layout, "lds_outputs", u, lambda folder, u=u: work(u, folder))
+        for u in layout.units("lds_outputs")
+    }

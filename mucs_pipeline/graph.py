@@ -117,6 +117,10 @@ def _asks(queries: str) -> Callable[[Layout], bool]:
     return lambda lay: queries in lds_units.query_sets(lay.cfg)
 
 
+# The stage whose units hold the methods' scores of each LDS query set.
+LDS_SCORES = {"generated": "attribute", "heldout": "lds_attribute"}
+
+
 def lds_queries(lay: Layout) -> list[tuple[str, str]]:
     """(query set, the stage holding its items) of the query sets LDS is measured on."""
     return [(q, "generate" if q == "generated" else "lds_heldout") for q in
@@ -228,10 +232,7 @@ GRAPH = (
         key=lambda lay, m: (
             [lay.key("lds_outputs", u) for u in lay.units("lds_outputs")],
             lay.key("lds_subsets"),
-            [
-                lay.key("attribute" if q == "generated" else "lds_attribute", m)
-                for q, _ in lds_queries(lay)
-            ],
+            [lay.key(LDS_SCORES[q], m) for q, _ in lds_queries(lay)],
             lay.cfg.lds.confidence,
             lay.cfg.lds.resamples,
         ),

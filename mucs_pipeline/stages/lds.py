@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.evaluation import figures
 from mucs_pipeline.evaluation.lds import ceiling, ceiling_of_mean, lds, predictions
-from mucs_pipeline.graph import lds_queries
+from mucs_pipeline.graph import LDS_SCORES, lds_queries
 from mucs_pipeline.layout import Layout
 from mucs_pipeline.runner import run_unit
 
@@ -39,7 +39,7 @@ def measure(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
     c = cfg.lds
     results, per_query = {}, {}
     for q, _ in lds_queries(layout):
-        stage = "attribute" if q == "generated" else "lds_attribute"
+        stage = LDS_SCORES[q]
         scores = io.load(layout.require(stage, method) / "scores.pt")["scores"]
         out = outputs[q].double()  # (S, R, m)
         if scores.shape != (out.shape[2], members.shape[1]):
@@ -73,11 +73,7 @@ def measure(cfg: DictConfig, layout: Layout, method: str, folder) -> dict:
         "method": method,
         "method_cfg": OmegaConf.to_container(layout.method_cfg(method), resolve=True),
         # the scores' units, by folder name: what the report matches leave-k-out runs by
-        "attribute": {
-            q: layout.dir(stage, method).name
-            for q, stage in [("generated", "attribute"), ("heldout", "lds_attribute")]
-            if q in results
-        },  # fmt: skip
+        "attribute": {q: layout.dir(LDS_SCORES[q], method).name for q in results},
         "queries": results,
     }
     io.atomic_write_text(folder / "lds.json", json.dumps(record, indent=2))

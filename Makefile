@@ -33,6 +33,7 @@ bench: install
 # Paper-scale minutes per item from measured DiT/B op timings, checked on the tiny model.
 bench-paper: install
 	$(PY) scripts/bench_paper.py $(ARGS)
+	$(PY) scripts/bench_paper.py --unet
 
 lint: install
 	$(VENV)/bin/ruff check mucs_pipeline tests scripts

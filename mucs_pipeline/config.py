@@ -6,7 +6,8 @@ Preparing applies `method_settings` (a key set on the method itself wins), resol
 `generate.captions` (COCO prompt mode), validates, checks the query images of a query
 run, reads the training set (an unreadable image stops the run here), turns
 `pretrain.epochs` into steps and checks a given F1 (`pretrain.init_from`) against the
-configured network. `print_config=true` prints the
+configured network (a diffusers folder sets the network to its UNet and is checked
+against the dataset and the diffusion config). `print_config=true` prints the
 result and runs nothing.
 """
 
@@ -20,7 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.data import training_set
 from mucs_pipeline.keys import init_from
-from mucs_pipeline.method_config import apply_method_settings, drop_settings_set_on_the_method
+from mucs_pipeline.method_config import (
+    apply_method_settings,
+    apply_model_settings,
+    drop_settings_set_on_the_method,
+)
 from mucs_pipeline.prompts import apply_prompts
 from mucs_pipeline.query.inputs import captions_for, query_files
 from mucs_pipeline.validate import check_training_set, validate
@@ -55,6 +60,7 @@ def prepare(cfg: DictConfig, overrides=()) -> DictConfig:
         full = copy.deepcopy(cfg)
         drop_settings_set_on_the_method(full, overrides)
         apply_method_settings(full)  # each method takes the keys it has
+        apply_model_settings(full)  # and the network
         apply_prompts(full)  # generate.captions: the attributed items' captions
         validate(full)
         if full.get("query") is not None and full.query.get("root") is not None:
@@ -67,6 +73,11 @@ def prepare(cfg: DictConfig, overrides=()) -> DictConfig:
         resolve_epochs(full, len(data))
         if init_from(full) is not None:
             from mucs_pipeline.weights import load_init  # imports Lightning: only when used
+
+            if init_from(full).is_dir():  # a diffusers folder: its UNet is the network
+                from mucs_pipeline import diffusers_folder
+
+                diffusers_folder.prepare(full, data.x.shape[-1], data.x.shape[1], data.cond_dim)
 
             load_init(full, data)  # a network of another architecture stops the run here
         if "retrain" in full.stages and full.get("query") is None:

@@ -19,9 +19,16 @@ def init_from(cfg: DictConfig) -> Path | None:
 
 def fingerprint(cfg: DictConfig) -> str | None:
     """The content hash of `pretrain.init_from` (what the keys of every unit built on it
-    hash, so that another file at the same path is never mistaken for it)."""
+    hash, so that another file at the same path is never mistaken for it): a file's, or a
+    diffusers folder's UNet config, weights and scheduler config."""
     path = init_from(cfg)
-    return None if path is None else io.file_sha256(path)
+    if path is None:
+        return None
+    if path.is_dir():
+        from mucs_pipeline import diffusers_folder
+
+        return io.config_hash([io.file_sha256(f) for f in diffusers_folder.files(path)])
+    return io.file_sha256(path)
 
 
 def pretrain_recipe(cfg: DictConfig) -> dict:

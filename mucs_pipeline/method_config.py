@@ -23,14 +23,16 @@ def with_method_settings(method_cfg: DictConfig, settings) -> DictConfig:
 
 
 def drop_settings_set_on_the_method(cfg: DictConfig, overrides) -> None:
-    """Drop the `method_settings` entries that the command line also sets on the method
-    itself, so that the explicit one wins: `debug=micro method.max_steps=50` runs 50 steps,
-    not debug's 3. `overrides` are the command line's (Hydra's task overrides)."""
+    """Drop the `method_settings` (`model_settings`) entries that the command line also sets
+    on the method (model) itself, so that the explicit one wins: `debug=micro
+    method.max_steps=50` runs 50 steps, not debug's 3. `overrides` are the command line's
+    (Hydra's task overrides)."""
     keys = [o.lstrip("+").split("=", 1)[0] for o in overrides]
-    explicit = {k.split(".")[1] for k in keys if k.startswith("method.")}
-    with open_dict(cfg):
-        for key in explicit & set(cfg.get("method_settings") or {}):
-            cfg.method_settings.pop(key)
+    for group in ("method", "model"):
+        explicit = {k.split(".")[1] for k in keys if k.startswith(f"{group}.")}
+        with open_dict(cfg):
+            for key in explicit & set(cfg.get(f"{group}_settings") or {}):
+                cfg[f"{group}_settings"].pop(key)
 
 
 def apply_method_settings(cfg: DictConfig) -> None:
@@ -38,6 +40,12 @@ def apply_method_settings(cfg: DictConfig) -> None:
     selected method stays attached to the run config its interpolations resolve against."""
     for key, value in _settings_for(cfg.method, cfg.get("method_settings")).items():
         cfg.method[key] = value
+
+
+def apply_model_settings(cfg: DictConfig) -> None:
+    """Set `cfg.model`'s keys from `model_settings`, in place, where the network has them."""
+    for key, value in _settings_for(cfg.model, cfg.get("model_settings")).items():
+        cfg.model[key] = value
 
 
 def method_cfg(cfg: DictConfig, method: str) -> DictConfig:

@@ -49,7 +49,8 @@ def init_model(cfg: DictConfig, data: ImageData, seed: int) -> torch.nn.Module:
     labels = augmentation.labelled(cfg.pretrain.augment)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.stream_seed("init", seed))
-        return build_model(cfg.model, data.x.shape[-1], data.x.shape[1], data.cond_dim, labels)
+        shape = data.x.shape
+        return build_model(cfg.model, shape[-1], shape[1], data.cond_dim, labels, cfg.diffusion)
 
 
 def draw_condition_drop(

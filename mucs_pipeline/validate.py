@@ -303,10 +303,11 @@ def check_paths(cfg: dict, problems: list[str]) -> None:
             "for what to download and where)"
         )
     init = _get(cfg, "pretrain.init_from")
-    if init is not None and not Path(str(init)).expanduser().is_file():
+    if init is not None and not Path(str(init)).expanduser().exists():
         problems.append(
-            f"pretrain.init_from={init!r}: no such file; expected a trained network "
-            "(this project's ema.pt, a Lightning .ckpt or a .safetensors file)"
+            f"pretrain.init_from={init!r}: no such file or folder; expected a trained network "
+            "(this project's ema.pt, a Lightning .ckpt, a .safetensors file or a diffusers "
+            "UNet2DModel / DDPMPipeline folder)"
         )
     metric = cfg.get("metric", {})
     names = metric.get("names") or []

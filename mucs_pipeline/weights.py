@@ -1,6 +1,6 @@
 """Bring your own F1 (`pretrain.init_from`): a trained network's weights read from this
-project's `ema.pt`, a Lightning checkpoint or a safetensors file, checked against the
-configured architecture before anything is computed."""
+project's `ema.pt`, a Lightning checkpoint, a safetensors file or a diffusers folder,
+checked against the configured architecture before anything is computed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ class CheckpointMismatchError(io.ArtifactError):
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The network weights a file holds: a state dict, a Lightning checkpoint's EMA (else
-    its trained weights), or a safetensors file's tensors."""
+    its trained weights), a safetensors file's tensors, or a diffusers folder's UNet."""
+    if path.is_dir():
+        from mucs_pipeline import diffusers_folder
+
+        return diffusers_folder.read_state_dict(path)
     if path.suffix == SAFETENSORS:
         from safetensors import SafetensorError
         from safetensors.torch import load_file

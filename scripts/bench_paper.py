@@ -10,6 +10,10 @@ projector (`Projector`, TRAK's BasicProjector), and the float64 rate of the TRAK
 settings (|Z| the training split, |N| = 100, 100 gradient draws, m = 20, 109 unlearning
 steps) and the minutes are scaled to an H100 by the ratio of matmul peaks.
 
+`--unet` measures the UNet setups instead (the release's DDPM++ on CIFAR10, diffusers'
+UNet2DModel in D-TRAK's CIFAR-2 and CIFAR-10 setups) for MUCS, D-TRAK and DAS, into its own
+section of docs/benchmarks.md and `unet_*` keys; `make bench-paper` runs both.
+
 The same measurement on the digits `dit_tiny` setup predicts what a method costs per item
 there, and the method is then run for real on that setup (`--validate`), so the model is
 checked against a measurement it could get wrong. Results are written into
@@ -34,7 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from bench import ROOT, config, machine, matmul_flops, replace_section, timings
+from bench import ROOT, SECTION, config, machine, matmul_flops, replace_section, timings
 from cost_model import METHODS, Geometry, Ops, minutes, scaled, seconds_per_item, setup_seconds
 
 from mucs_pipeline.attribution import Context, build_method
@@ -53,6 +57,15 @@ PAPER_SETUPS = {
     "artbench10": (50_000, 10),  # 5,000 train images per style; one-hot style id
     "coco": (118_287, 768),  # train2017 images with captions; CLIP-Text ViT-L-14 embeddings
 }
+# UNet setup -> (its MUCS experiment, |Z|, condition width); methods are set on top of it
+UNET_SETUPS = {
+    "cifar10_unet": ("cifar10_mucs_unet", 50_000, 0),  # the release's DDPM++, EDM
+    "cifar2": ("cifar2_mucs", 5_000, 0),  # D-TRAK's CIFAR-2: UNet2DModel, DDPM
+    "cifar10_ddpm": ("cifar10_ddpm_mucs", 50_000, 0),  # D-TRAK's CIFAR-10
+}
+UNET_METHODS = ("mucs", "dtrak", "das")
+UNET_SECTION = ("<!-- bench-paper-unet: written by scripts/bench_paper.py --unet -->",
+                "<!-- /bench-paper-unet -->")  # fmt: skip
 # Table 6 of the paper: amortised minutes per generated item on one H100 (80 GB).
 PAPER_TABLE6 = {
     "mucs": (22.8, 24.2, 56.5),
@@ -272,24 +285,83 @@ def paper_section(args, device) -> dict:
         n, cond_dim = PAPER_SETUPS[dataset]
         extra = SMOKE_MODEL + SMOKE_METHOD if args.smoke else []
         cfgs = {m: config(f"+experiment={dataset}_{m}", *extra) for m in METHODS}
-        cfg = cfgs["mucs"]
-        shape = (cfg.dataset.channels, cfg.dataset.resolution, cfg.dataset.resolution)
-        net = build_model(cfg.model, shape[-1], shape[0], cond_dim)
-        diffusion = build_diffusion(cfg.diffusion)
         plan = GPU_PAPER if device.type == "cuda" else SMOKE if args.smoke else CPU_PAPER
-        ops, geos, info = measure(dataset, net, diffusion, shape, cond_dim, cfgs, plan, device, n)
-        del net
-        parts = {
-            m: seconds_per_item(
-                cfgs[m].method, ops["best"], replace(geos[m], unlearn_steps=args.unlearn_steps)
-            )
-            for m in METHODS
-        }
+        ops, info, parts = project(dataset, cfgs, n, cond_dim, plan, device, args, METHODS)
         out[dataset] = {
             "n": n, "ops": asdict(ops["best"]), "ops_mean": asdict(ops["mean"]), "info": info,
             "parts": parts,
         }  # fmt: skip
     return out
+
+
+def project(name, cfgs, n: int, cond_dim: int, plan: Plan, device, args, methods):
+    """Measure the ops of the setup `cfgs` describes: (ops, info, {method: seconds by part})."""
+    cfg = cfgs["mucs"]
+    shape = (cfg.dataset.channels, cfg.dataset.resolution, cfg.dataset.resolution)
+    net = build_model(cfg.model, shape[-1], shape[0], cond_dim, diffusion=cfg.diffusion)
+    diffusion = build_diffusion(cfg.diffusion)
+    ops, geos, info = measure(name, net, diffusion, shape, cond_dim, cfgs, plan, device, n)
+    del net
+    steps = args.unlearn_steps
+    parts = {
+        m: seconds_per_item(cfgs[m].method, ops["best"], replace(geos[m], unlearn_steps=steps))
+        for m in methods
+    }
+    return ops, info, parts
+
+
+def unet_section(args, device) -> dict:
+    """Per-op timings and projected minutes per item for the UNet setups (UNET_SETUPS)."""
+    out = {}
+    for setup, (experiment, n, cond_dim) in UNET_SETUPS.items():
+        cfgs = {m: config(f"+experiment={experiment}", f"method={m}") for m in METHODS}
+        plan = GPU_PAPER if device.type == "cuda" else CPU_PAPER
+        ops, info, parts = project(setup, cfgs, n, cond_dim, plan, device, args, UNET_METHODS)
+        cfg = cfgs["mucs"]
+        info.update(model=cfg.model.name, diffusion=cfg.diffusion.name, experiment=experiment)
+        out[setup] = {"n": n, "ops": asdict(ops["best"]), "info": info, "parts": parts}
+    return out
+
+
+def unet_report(results: dict, device, info: dict, unlearn_steps: float) -> tuple[list, dict]:
+    """The UNet section of benchmarks.md and its JSON keys."""
+    gpu, peak = device.type == "cuda", results["matmul_flops"]
+    where = info.get("gpu", "") if gpu else f"this CPU ({info['cpu']}, {info['cores']} cores)"
+    factor = 1.0 if gpu else H100_FLOPS["fp32"] / peak
+    column = "this GPU" if gpu else "H100 (one-core time x peak ratio)"
+    md = [
+        "## UNet setups: projected cost (issue 35)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} with `{results['command']}` on {where}, in "
+        f"{results['seconds'] / 60:.1f} min, as the DiT/B section above (the same ops, "
+        f"operation counts and H100 scaling; MUCS at {unlearn_steps:g} unlearning steps, "
+        "every weight but the biases unlearned on a UNet). The UNets' time per sample and "
+        "gradient size replace DiT/B's; the paper has no UNet numbers to set beside them.",
+        "",
+        "| setup | network | params | forward | D-TRAK grad / draw | "
+        + " | ".join(f"{NAMES[m]} min / item" for m in UNET_METHODS)
+        + " | MUCS vs D-TRAK / DAS |",
+        "|---|---|---|---|---|" + "---|" * len(UNET_METHODS) + "---|",
+    ]
+    keys: dict = {}
+    for setup, r in results["unet"].items():
+        i, ops = r["info"], r["ops"]
+        mins = {m: minutes(scaled(r["parts"][m], factor, None)) for m in UNET_METHODS}
+        md.append(
+            f"| {setup} ({r['n']:,} items; `+experiment={i['experiment']}`) "
+            f"| {i['model']}, {i['diffusion']} | {i['params'] / 1e6:.1f}M "
+            f"| {ops['forward']:.3g} s | {ops['dtrak_draw']:.3g} s | "
+            + " | ".join(f"{mins[m]:,.1f}" for m in UNET_METHODS)
+            + f" | {mins['dtrak'] / mins['mucs']:.2f} / {mins['das'] / mins['mucs']:.2f} |"
+        )
+        keys[f"unet_{setup}"] = {"ops": ops, "info": i, "minutes_per_item": mins,
+                                 "column": column}  # fmt: skip
+    md += [
+        "",
+        f"Minutes per item: the {column} column of the DiT/B section, float32. Forward and "
+        "gradient times are " + ("wall time" if gpu else "one thread's CPU time") + " per sample.",
+    ]
+    return md, keys
 
 
 def perturbed_tiny(cfg, data):
@@ -646,6 +718,9 @@ def main() -> None:
         help="a 2-block DiT instead of DiT/B: checks the script, not the speed",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument(
+        "--unet", action="store_true", help="the UNet setups (UNET_SETUPS) instead of DiT/B"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -662,20 +737,32 @@ def main() -> None:
         ["python scripts/bench_paper.py", *sys.argv[1:]]
     )
     results["load"] = [os.getloadavg()[0]]
+    if args.unet:
+        results["unet"] = unet_section(args, device)
+        results["seconds"] = time.perf_counter() - start
+        md, keys = unet_report(results, device, info, args.unlearn_steps)
+        write(args.out, md, keys, "unet_", UNET_SECTION)
+        log.info("done in %.1f min", results["seconds"] / 60)
+        return
     results["paper"] = paper_section(args, device)
     if args.validate:
         results["validation"] = validation(args)
     results["seconds"] = time.perf_counter() - start
     results["load"].append(os.getloadavg()[0])
     md, keys = report(args, results, device, info)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "benchmarks.json"
-    old = json.loads(json_path.read_text()) if json_path.exists() else {}
-    old = {k: v for k, v in old.items() if not k.startswith("paper_")}
-    json_path.write_text(json.dumps({**old, **keys}, indent=2) + "\n")
-    replace_section(args.out / "benchmarks.md", "\n".join(md))
-    print("\n".join(md))
+    write(args.out, md, keys, "paper_", SECTION)
     log.info("done in %.1f min", results["seconds"] / 60)
+
+
+def write(out: Path, md: list[str], keys: dict, prefix: str, markers) -> None:
+    """Replace the `prefix` keys of benchmarks.json and the marked section of benchmarks.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "benchmarks.json"
+    old = json.loads(json_path.read_text()) if json_path.exists() else {}
+    old = {k: v for k, v in old.items() if not k.startswith(prefix)}
+    json_path.write_text(json.dumps({**old, **keys}, indent=2) + "\n")
+    replace_section(out / "benchmarks.md", "\n".join(md), markers)
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

@@ -95,16 +95,17 @@ def make_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
     applied as a run applies them. A model chosen with `model=` keeps its own size."""
     from mucs_pipeline.method_config import (
         apply_method_settings,
+        apply_model_settings,
         drop_settings_set_on_the_method,
     )
 
     overrides = (*micro(overrides), f"paths.runs_dir={tmp_path}", *overrides)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
-        if any(o.startswith("model=") for o in overrides):  # not debug=micro's tiny DiT
-            cfg.model = compose("config", overrides=[o for o in overrides if o != MICRO[0]]).model
     drop_settings_set_on_the_method(cfg, overrides)
     apply_method_settings(cfg)
+    if not any(o.startswith("model=") for o in overrides):  # else not debug=micro's tiny DiT
+        apply_model_settings(cfg)
     return cfg
 
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from mucs_pipeline import artifacts as io
 from mucs_pipeline.attribution.base import METHODS
 from mucs_pipeline.layout import Layout
-from mucs_pipeline.method_config import apply_method_settings
+from mucs_pipeline.method_config import apply_method_settings, apply_model_settings
 from mucs_pipeline.validate import validate
 
 
@@ -19,6 +19,7 @@ def compose_cfg(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     apply_method_settings(cfg)
+    apply_model_settings(cfg)
     return cfg
 
 
@@ -36,6 +37,14 @@ def test_debug_micro_is_a_valid_micro_config_for_every_method(method, tmp_path):
     for component in layout.components(method):  # an ensemble's components too
         if "num_noises" in layout.method_cfg(component):
             assert layout.method_cfg(component).num_noises == 8, component
+
+
+def test_model_settings_shrink_the_dit_and_leave_a_unet_as_it_is(tmp_path):
+    dit = compose_cfg("debug=micro", "+experiment=cifar10_mucs", f"paths.runs_dir={tmp_path}")
+    assert (dit.model.name, dit.model.hidden, dit.model.depth) == ("dit_b", 32, 2)  # debug wins
+    unet = compose_cfg("debug=micro", "model=unet_tiny", f"paths.runs_dir={tmp_path}")
+    assert "hidden" not in unet.model and unet.model.model_channels == 16
+    validate(unet)
 
 
 def test_method_settings_apply_only_where_a_method_has_the_key():

@@ -106,6 +106,7 @@ DATASETS = {
     "digits": "digits",
     "folder": "folder",
     "cifar10": "cifar",
+    "cifar2": "cifar2",
     "artbench10": "artbench",
     "coco": "coco",
 }

@@ -1,4 +1,4 @@
-"""DDPM (Ho et al. 2020): epsilon prediction on a linear beta schedule; DDIM sampling."""
+"""DDPM (Ho et al. 2020): epsilon prediction on diffusers' beta schedules; DDIM sampling."""
 
 from __future__ import annotations
 
@@ -17,11 +17,22 @@ class DDPM(Diffusion):
         num_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        beta_schedule: str = "linear",
         clip_denoised: bool = True,
     ):
+        # diffusers' DDPMScheduler computes the schedule (in float32, as the checkpoints of
+        # the ecosystem were trained), so that alphas_cumprod is its, bit for bit.
+        from diffusers import DDPMScheduler
+
         self.T, self.clip_denoised = num_timesteps, clip_denoised
-        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        self.alpha_bar = torch.cumprod(1 - betas, dim=0)  # (T,)
+        try:
+            scheduler = DDPMScheduler(num_timesteps, beta_start, beta_end, beta_schedule)
+        except NotImplementedError:
+            raise ValueError(
+                f"diffusion.beta_schedule={beta_schedule!r}: expected one of diffusers' "
+                "linear, scaled_linear, squaredcos_cap_v2, sigmoid"
+            ) from None
+        self.alpha_bar = scheduler.alphas_cumprod.double()  # (T,)
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         return self.alpha_bar.to(t.device)[t.long()]

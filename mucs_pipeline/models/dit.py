@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
@@ -231,16 +230,3 @@ class DiT(nn.Module):
         out = out.reshape(n, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # (N, Cf, g, p, g, p)
         h = out.reshape(n, -1, g * p, g * p)  # (N, Cf, H', W')
         return self.out(self.decoder(h))  # (N, C, H, W)
-
-
-def build_model(
-    cfg: DictConfig, resolution: int, channels: int, cond_dim: int, aug_labels: bool = False
-) -> DiT:
-    """The network named by the model group, sized for the dataset; `aug_labels` when the
-    training recipe augments with labels (pretrain.augment)."""
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    kwargs.pop("name")
-    return DiT(
-        resolution=resolution, channels=channels, cond_dim=cond_dim, aug_labels=aug_labels,
-        **kwargs,
-    )  # fmt: skip

@@ -109,7 +109,7 @@ def test_noise_input_per_variant():
     ("name", "variant"),
     slow_unless(
         [(n, v) for n in ("unet_tiny", "unet2d_tiny") for v in ("edm", "ddpm", "flow")],
-        [("unet_tiny", "edm"), ("unet2d_tiny", "ddpm")],
+        [("unet2d_tiny", "ddpm")],
     ),
 )
 def test_every_variant_trains_a_unet_to_a_lower_loss(name, variant):
@@ -183,7 +183,7 @@ def test_a_diffusers_folder_is_the_network(folders, tmp_path):
     ("folder", "method"),
     slow_unless(
         [(f, m) for f in ("bare", "pipe") for m in ("mucs", "dtrak", "pixel")],
-        [("pipe", "mucs"), ("bare", "dtrak")],
+        [("pipe", "mucs")],
     ),
 )
 def test_a_diffusers_folder_is_attributed_and_queried(

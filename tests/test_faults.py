@@ -164,7 +164,7 @@ BOUNDARIES = {
 }
 
 
-@pytest.mark.parametrize("changed", slow_unless(list(BOUNDARIES), ["attribute[mucs]"]))
+@pytest.mark.parametrize("changed", slow_unless(list(BOUNDARIES), ["regenerate[random]"]))
 def test_a_changed_upstream_artifact_recomputes_exactly_its_dependants_from_scratch(
     runs, tmp_path, changed, caplog
 ):

@@ -58,6 +58,7 @@ def model_metrics(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # make test-all: the metric networks change rarely; make test stays < 10 min
 def test_model_metrics_are_maximal_for_identical_images_and_fall_with_noise(model_metrics):
     # A fresh DINOv2 maps every image to about the same vector (small layer-scale init):
     # give its weights a usual scale so that the embedding depends on the image.

@@ -98,6 +98,7 @@ def test_f1_losses_are_computed_once_per_run(trained, monkeypatch):
     assert calls == [f1]  # F1 scored once, then read from the cache
 
 
+@pytest.mark.slow  # make test-all: the GPU-oriented batching; make test stays < 10 min
 def test_several_items_per_pass_give_the_same_scores(trained):
     from omegaconf import OmegaConf
 

@@ -110,6 +110,7 @@ def test_other_method_reuses_pretraining_generations_and_random_retrain(finished
     assert all("pixel" in k for k in new)
 
 
+@pytest.mark.slow  # make test-all; test_cfg_job_shows_the_prepared_config_that_runs: --cfg job
 def test_cli_help_and_cfg_job():
     env_py = sys.executable
     help_out = subprocess.run(

@@ -109,7 +109,7 @@ def test_noise_input_per_variant():
     ("name", "variant"),
     slow_unless(
         [(n, v) for n in ("unet_tiny", "unet2d_tiny") for v in ("edm", "ddpm", "flow")],
-        [("unet2d_tiny", "ddpm")],
+        [("unet_tiny", "edm")],
     ),
 )
 def test_every_variant_trains_a_unet_to_a_lower_loss(name, variant):
@@ -282,7 +282,7 @@ def test_a_diffusers_folders_content_enters_the_keys(tmp_path):
             for m in ("unet_tiny", "unet2d_tiny")
             for x in ("mucs", "pixel", "condition", "dtrak", "das", "forward_inf", "abu")
         ],
-        [("unet_tiny", "mucs")],
+        [],  # make test-all; make test runs a UNet through the pipeline with a diffusers folder
     ),  # fmt: skip
 )
 def test_every_method_runs_on_every_backbone(model, method, tmp_path, monkeypatch, capsys):

@@ -30,10 +30,9 @@ FAST = {
 
 @pytest.mark.parametrize(
     "name",
-    slow_unless(
-        ["condition", *COPY_RANKED_FIRST], ["condition", "pixel", "dtrak", "forward_inf", "abu"]
-    ),
-)  # DAS: DTRAK with its own weights (test_das_training_weights_follow_the_formula...)
+    slow_unless(["condition", *COPY_RANKED_FIRST], ["condition", "pixel", "forward_inf"]),
+)  # DAS: DTRAK with its own weights (test_das_training_weights_follow_the_formula...); D-TRAK
+# and AbU run fast in test_exact_copy_of_generated_item_ranks_in_top_1_percent
 def test_scores_are_finite_and_reproducible(trained, tmp_path, name):
     cfg, data, *_ = trained
     m_cfg = method_cfg(tmp_path, name, *FAST.get(name, []))

@@ -142,6 +142,7 @@ def test_random_scores_are_reproducible(trained):
     assert torch.equal(a, b) and not torch.equal(a, rnd.score(4, data.x[0], None)[0])
 
 
+@pytest.mark.slow  # make test-all: the ablation switches; make test stays < 10 min
 def test_table_2_scoring_switches(trained, tmp_path):
     """S-C1 subtraction, S-C2 non-consistent noise, S-C3 training sigmas change what they say."""
     from omegaconf import OmegaConf

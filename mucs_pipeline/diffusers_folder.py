@@ -56,26 +56,25 @@ def unet_folder(root: Path) -> Path:
     )
 
 
-def weights_file(root: Path) -> Path:
-    folder = unet_folder(root)
+def weights_file(folder: Path) -> Path:
+    """The UNet's weights in `folder` (unet_folder's)."""
     for name in WEIGHTS:
         if (folder / name).is_file():
             return folder / name
-    raise DiffusersFolderError(f"pretrain.init_from={str(root)!r}: {folder} has no {WEIGHTS[0]}")
+    raise DiffusersFolderError(f"pretrain.init_from: {folder} has no {WEIGHTS[0]}")
 
 
 def files(root: Path) -> list[Path]:
     """The files that define F1: what its fingerprint hashes."""
     folder = unet_folder(root)
-    out = [folder / "config.json", weights_file(root)]
+    out = [folder / "config.json", weights_file(folder)]
     scheduler = root / "scheduler" / "scheduler_config.json"
     return [*out, scheduler] if scheduler.is_file() else out
 
 
-def model_config(root: Path) -> dict:
-    """`cfg.model` for the folder's UNet: model=unet2d with the folder's own arguments
+def model_config(raw: dict) -> dict:
+    """`cfg.model` for the folder's UNet config `raw`: model=unet2d with its own arguments
     (diffusers' bookkeeping keys and the dataset-given sizes dropped)."""
-    raw = _json(unet_folder(root) / "config.json")
     config = {k: v for k, v in raw.items() if not k.startswith("_")}
     for key in ("sample_size", "in_channels", "out_channels"):
         config.pop(key, None)
@@ -83,9 +82,8 @@ def model_config(root: Path) -> dict:
             "config": config}  # fmt: skip
 
 
-def check_sizes(root: Path, resolution: int, channels: int) -> None:
-    """The UNet was trained on images of the dataset's size and channels."""
-    raw = _json(unet_folder(root) / "config.json")
+def check_sizes(root: Path, raw: dict, resolution: int, channels: int) -> None:
+    """The UNet (config `raw`) was trained on images of the dataset's size and channels."""
     size = raw.get("sample_size")
     size = size[0] if isinstance(size, list) else size
     got = {"sample_size": size, "in_channels": raw.get("in_channels"),
@@ -128,9 +126,9 @@ def check_scheduler(root: Path, diffusion: DictConfig) -> None:
             )
 
 
-def check_classes(root: Path, cond_dim: int) -> None:
-    """A class-conditional UNet's classes are the dataset's condition vectors."""
-    classes = _json(unet_folder(root) / "config.json").get("num_class_embeds") or 0
+def check_classes(root: Path, raw: dict, cond_dim: int) -> None:
+    """A class-conditional UNet's (config `raw`) classes are the dataset's condition vectors."""
+    classes = raw.get("num_class_embeds") or 0
     if classes != cond_dim:
         data = f"{cond_dim}-entry conditions" if cond_dim else "no conditions"
         raise DiffusersFolderError(
@@ -142,15 +140,16 @@ def check_classes(root: Path, cond_dim: int) -> None:
 def prepare(cfg: DictConfig, resolution: int, channels: int, cond_dim: int) -> None:
     """Make `cfg` (being prepared) describe the folder's UNet and check the rest."""
     root = Path(cfg.pretrain.init_from).expanduser()
-    check_sizes(root, resolution, channels)
-    check_classes(root, cond_dim)
+    raw = _json(unet_folder(root) / "config.json")
+    check_sizes(root, raw, resolution, channels)
+    check_classes(root, raw, cond_dim)
     check_scheduler(root, cfg.diffusion)
-    cfg.model = OmegaConf.create(model_config(root))
+    cfg.model = OmegaConf.create(model_config(raw))
 
 
 def read_state_dict(root: Path) -> dict[str, torch.Tensor]:
     """The UNet's weights under this project's names (PREFIX)."""
-    path = weights_file(root)
+    path = weights_file(unet_folder(root))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

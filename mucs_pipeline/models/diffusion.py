@@ -12,6 +12,18 @@ import torch
 from torch import nn
 
 
+def condition_or_null(cond: torch.Tensor | None, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A network's condition vectors: `cond`, or for None the null condition (the zero
+    vector, what classifier-free guidance's unconditional branch passes) for every item."""
+    return torch.zeros(x.shape[0], dim, device=x.device) if cond is None else cond
+
+
+def labels_or_unaugmented(aug: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """A network's augmentation labels: `aug`, or for None label 0 (not augmented, as in
+    sampling) for every item."""
+    return torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if aug is None else aug
+
+
 class Diffusion:
     """Per-sample loss with explicit noise level and noise; training levels; schedule; sampler."""
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mucs_pipeline.models.diffusion import condition_or_null, labels_or_unaugmented
+
 
 class ConvBlock(nn.Module):
     """Residual conv block: kernel 5, same padding, instance norm, SiLU (transposed: decoder)."""
@@ -216,13 +218,9 @@ class DiT(nn.Module):
         tokens = torch.cat([regs, tokens], dim=1)  # (N, R+T, D)
         c = self.sigma_mlp(sigma_features(c_noise, self.sigma_dim))  # (N, Dc)
         if self.cond_mlp is not None:
-            if cond is None:
-                cond = torch.zeros(n, self.cond_dim, device=x.device)  # the null condition
-            c = c + self.cond_mlp(cond)
+            c = c + self.cond_mlp(condition_or_null(cond, x, self.cond_dim))
         if self.aug_embed is not None:
-            if aug is None:
-                aug = torch.zeros(n, dtype=torch.long, device=x.device)
-            c = c + self.aug_embed(aug)
+            c = c + self.aug_embed(labels_or_unaugmented(aug, x))
         for block in self.blocks:
             tokens = block(tokens, c)  # (N, R+T, D)
         out = self.final(tokens[:, self.registers :], c)  # (N, T, p*p*Cf)

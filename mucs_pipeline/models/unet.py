@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mucs_pipeline.models.diffusion import condition_or_null, labels_or_unaugmented
+
 
 class NoiseInput:
     """The noise level a UNet is given, from the c_noise the diffusion variant passes:
@@ -234,16 +236,12 @@ class SongUNet(nn.Module):
         aug: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`aug`: (N,) augmentation labels of the draws (None: not augmented)."""
-        n = x.shape[0]
         emb = sinusoids(self.noise_input(c_noise.reshape(-1)), self.noise_channels)
         if self.map_label is not None:
-            if cond is None:
-                cond = torch.zeros(n, self.cond_dim, device=x.device)  # the null condition
+            cond = condition_or_null(cond, x, self.cond_dim)
             emb = emb + self.map_label(cond * np.sqrt(self.cond_dim))
         if self.map_augment is not None:
-            if aug is None:
-                aug = torch.zeros(n, dtype=torch.long, device=x.device)
-            emb = emb + self.map_augment(aug)
+            emb = emb + self.map_augment(labels_or_unaugmented(aug, x))
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
         skips = []
         for layer in self.enc.values():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mucs_pipeline.models.diffusion import condition_or_null
 from mucs_pipeline.models.unet import NoiseInput
 
 
@@ -53,9 +54,5 @@ class UNet2D(nn.Module):
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        labels = None
-        if self.cond_dim:
-            labels = (
-                torch.zeros(x.shape[0], self.cond_dim, device=x.device) if cond is None else cond
-            )
+        labels = condition_or_null(cond, x, self.cond_dim) if self.cond_dim else None
         return self.unet(x, self.noise_input(c_noise.reshape(-1)), class_labels=labels).sample
